@@ -1,0 +1,47 @@
+# The README's two commands: `make demo` and `make test`. Both create or update .venv first and
+# reuse it while pyproject.toml and the constraints are unchanged.
+PYTHON ?= python3.11
+VENV ?= .venv
+# CPU machines: the local CPU wheel of torch, never a CUDA build (see constraints/cpu.txt).
+CONSTRAINTS ?= constraints/cpu.txt
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+HASH := $(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
+CORE_STAMP := $(VENV)/.core-$(HASH)
+TEST_STAMP := $(VENV)/.test-$(HASH)
+
+.PHONY: demo test test-slow test-slurm venv clean
+
+demo: $(CORE_STAMP)
+	$(BIN)/nlt demo
+
+# Default suite: fast CPU tests; gpu/trtllm/nemo tests skip themselves when unsupported.
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+test-slow: $(TEST_STAMP)
+	$(BIN)/python -m pytest --run-slow -m slow $(PYTEST_ARGS)
+
+test-slurm: $(TEST_STAMP)
+	$(BIN)/python -m pytest --run-slurm -m slurm $(PYTEST_ARGS)
+
+# The environment `make test` uses, without running anything.
+venv: $(TEST_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(CORE_STAMP): $(VENV)/bin/python
+	$(BIN)/pip install -c $(CONSTRAINTS) -e .
+	rm -f $(VENV)/.core-*; touch $@
+
+# The test environment includes the nemo extra, so CI exercises the NeMo plugin.
+$(TEST_STAMP): $(VENV)/bin/python
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[nemo,dev]"
+	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Reasoning to Learn from Latent Thoughts for NeMo / Megatron."""

@@ -1,0 +1,86 @@
+"""The `nlt` command. Every subcommand takes a recipe YAML and OmegaConf dot-list overrides.
+
+    nlt config recipes/demo_cpu.yaml model.preset=tiny   # print the resolved config
+    nlt demo                                             # the CPU demo on its embedded default
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from nemo_latent_thoughts.errors import NLTError
+
+log = logging.getLogger("nlt")
+
+def _cmd_config(args) -> None:
+    from nemo_latent_thoughts import config
+
+    if args.docs:
+        for key, typ, default, doc in config.field_docs(config.Config):
+            print(f"{key}: {typ} = {default!r}\n    {doc}")
+        return
+    print(config.to_yaml(config.load_config(args.config, args.overrides)), end="")
+
+
+def _cmd_demo(args) -> None:
+    from nemo_latent_thoughts import config, demo
+
+    demo.run(config.load_config(args.config, args.overrides))
+
+
+def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("config", nargs=None if config_required else "?",
+                   help="recipe YAML" + ("" if config_required else " (default: the embedded CPU default)"))
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="OmegaConf dot-list overrides, e.g. model.preset=tiny")
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlt", description="Reasoning to Learn from Latent Thoughts on NeMo / Megatron.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_parser = _add(sub, "config", _cmd_config, "print the resolved config of a recipe",
+                         config_required=False)
+    config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
+    _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # A positional that looks like an override was meant as one (`nlt config a.b=1`).
+    if getattr(args, "config", None) and "=" in str(args.config) and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        args.func(args)
+    except NLTError as e:
+        if args.debug:
+            raise
+        print(f"nlt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nlt {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"nlt {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Typed configs for every stage, loaded from YAML with OmegaConf dot-list overrides.
+
+One recipe file configures a whole run; each stage reads its own section. Overrides use the
+OmegaConf dot-list syntax that NeMo recipes take too: `nlt CMD recipe.yaml model.preset=tiny`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts.errors import NLTError
+
+RESOLVED_CONFIG_NAME = "config.yaml"
+
+T = TypeVar("T")
+
+
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    """The synthetic "compressed reasoning" corpus (see `nemo_latent_thoughts.testing`)."""
+
+    num_docs: int = 200
+    """Documents to generate."""
+    min_problems: int = 6
+    """Fewest problems (two sentences each) in one document."""
+    max_problems: int = 16
+    """Most problems in one document."""
+    max_operand: int = 50
+    """Operands are drawn from 2..max_operand."""
+    seed: int = 0
+    """Seed of the generator: the same seed always gives the same bytes."""
+
+    def check(self) -> None:
+        _require(self.num_docs >= 1, "num_docs", "must be >= 1")
+        _require(1 <= self.min_problems <= self.max_problems, "min_problems",
+                 "must be >= 1 and <= max_problems")
+        _require(self.max_operand >= 2, "max_operand", "must be >= 2")
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    """The tokenizer; the four latent-thought special tokens are always added to it."""
+
+    path: Optional[str] = None
+    """A Hugging Face tokenizer directory. Unset: train a small byte-level BPE on the corpus."""
+    vocab_size: int = 384
+    """Vocabulary size of the trained BPE tokenizer (ignored when `path` is set)."""
+
+    def check(self) -> None:
+        _require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + merges)")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The Llama-style model (`nemo_latent_thoughts.model.presets`)."""
+
+    preset: str = "tiny"
+    """Model preset: tiny, tinyllama-1.1b or llama3.2-1b."""
+
+    def check(self) -> None:
+        from nemo_latent_thoughts.model.presets import PRESETS
+
+        _require(self.preset in PRESETS, "preset",
+                 f"unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A whole run: every stage reads its section from one recipe file."""
+
+    run_dir: str = "runs/demo"
+    """Directory that holds every output of the run."""
+    seed: int = 1234
+    """Global seed; each stage derives its own seeds from it."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """The synthetic corpus used by the CPU demo and the tests."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The tokenizer."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model."""
+
+
+class _CheckFailed(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise _CheckFailed(key, message)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[T] = Config) -> T:
+    """Load `path` (YAML) over the schema's defaults, apply dot-list overrides, validate.
+
+    Every problem (missing file, bad YAML, unknown key, wrong type, bad value, malformed override)
+    is raised as a one-line `NLTError` naming the file or override and the key.
+    """
+    merged = OmegaConf.structured(schema)
+    if path is not None:
+        merged = _merge(merged, _read_yaml(Path(path)), source=str(path))
+    for override in overrides:
+        if "=" not in override or override.startswith("="):
+            raise NLTError(f"override '{override}': expected KEY=VALUE (e.g. model.preset=tiny)")
+        try:
+            dotlist = OmegaConf.from_dotlist([override])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise NLTError(f"override '{override}': {_first_line(e)}") from None
+        merged = _merge(merged, dotlist, source=f"override '{override}'")
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise NLTError(f"{path or 'config'}: {key}: {_first_line(e)}; set it in the file or as an "
+                       f"override {key}=VALUE") from None
+    _validate(cfg, prefix="", source=str(path) if path else "config")
+    return cfg
+
+
+def save_config(cfg: Any, directory: str | Path) -> Path:
+    """Write the resolved config as `config.yaml` in `directory` (atomically) and return its path."""
+    out = Path(directory) / RESOLVED_CONFIG_NAME
+    fileio.write_text(out, to_yaml(cfg))
+    return out
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def field_docs(schema: type) -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, docstring) for every leaf field of a config dataclass."""
+    rows = []
+    docs = _attribute_docstrings(schema)
+    defaults = schema()
+    for f in dataclasses.fields(schema):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += [(f"{f.name}.{k}", t, d, doc) for k, t, d, doc in field_docs(type(value))]
+        else:
+            rows.append((f.name, str(f.type), value, docs.get(f.name, "")))
+    return rows
+
+
+def _attribute_docstrings(schema: type) -> dict[str, str]:
+    """Docstrings written as string literals right after each field of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(schema)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _read_yaml(path: Path):
+    if not path.is_file():
+        raise NLTError(f"config file '{path}' not found; pass the path of a recipe YAML "
+                       "(e.g. recipes/demo_cpu.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise NLTError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise NLTError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise NLTError(f"{path}: the top level must be a mapping of sections (run_dir, data, ...), "
+                       f"not a {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def _merge(base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        if isinstance(e, ConfigKeyError):
+            hint = "unknown key; `nlt config --docs` lists the valid keys"
+        else:
+            hint = _first_line(e)
+        raise NLTError(f"{source}: {key}: {hint}") from None
+
+
+def _validate(obj: Any, prefix: str, source: str) -> None:
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except _CheckFailed as e:
+            raise NLTError(f"{source}: {prefix}{e.key}: {e.message}") from None
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value, f"{prefix}{f.name}.", source)
+
+
+def _first_line(e: BaseException) -> str:
+    msg = getattr(e, "msg", None) or str(e)
+    return str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__

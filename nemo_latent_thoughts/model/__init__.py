@@ -1,0 +1,1 @@
+"""Llama-style model presets and their megatron-core and Hugging Face forms."""

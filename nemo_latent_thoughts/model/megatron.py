@@ -1,0 +1,43 @@
+"""megatron-core `GPTModel` built from a `ModelShape` (Llama layout, local or TE layers)."""
+
+from __future__ import annotations
+
+import torch
+
+from nemo_latent_thoughts.model.presets import ModelShape
+
+
+def transformer_config(shape: ModelShape, params_dtype: torch.dtype = torch.float32):
+    """The megatron-core `TransformerConfig` of `shape` (no dropout, SwiGLU, RMSNorm, no biases)."""
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig(
+        num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+        ffn_hidden_size=shape.ffn_hidden_size, num_attention_heads=shape.num_attention_heads,
+        num_query_groups=shape.num_query_groups, kv_channels=shape.head_dim,
+        normalization="RMSNorm", layernorm_epsilon=shape.norm_eps,
+        gated_linear_unit=True, activation_func=F.silu, bias_activation_fusion=False,
+        add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
+        init_method_std=shape.init_std, params_dtype=params_dtype,
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )
+
+
+def gpt_model(shape: ModelShape, params_dtype: torch.dtype = torch.float32):
+    """A megatron-core `GPTModel` for `shape`, with megatron-core's local (non-TE) layers.
+
+    Model parallelism must be initialised first (`megatron_cpu.initialize` on CPU).
+    """
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return GPTModel(
+        config=transformer_config(shape, params_dtype),
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length,
+        share_embeddings_and_output_weights=shape.tie_embeddings,
+        position_embedding_type="rope", rotary_base=int(shape.rope_theta),
+        rope_scaling=shape.rope_scaling_factor is not None,
+        rope_scaling_factor=shape.rope_scaling_factor or 8.0,
+    )

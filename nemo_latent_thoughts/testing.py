@@ -1,0 +1,198 @@
+"""Offline fixtures shared by tests, examples, benchmarks and the CPU demo.
+
+- A synthetic "compressed reasoning" corpus: documents of arithmetic statements whose intermediate
+  steps are omitted (`Let a = 37 and b = 45. Then a*b - a = 1628.`).
+- A program teacher that writes the omitted steps for any chunk, given the text before it.
+- A small byte-level BPE tokenizer trained on that corpus, with the special tokens added.
+- The tiny Llama-style model shape (`model.presets.PRESETS["tiny"]`), used by megatron-core and
+  transformers alike.
+
+Everything is seeded and deterministic: the same arguments always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from nemo_latent_thoughts.config import SyntheticConfig
+from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.model.presets import PRESETS, ModelShape
+
+_VARIABLES = "abcdefghkmnpqrstuvwxyz"
+_BIND_OPENERS = ("Let", "Suppose", "Take", "Set")
+_RESULT_OPENERS = ("Then", "So", "Hence", "We get")
+_BIND_SENTENCE = re.compile(r"\b(?:Let|Suppose|Take|Set)\s+([^.]*)\.")
+_BINDING = re.compile(r"\b([a-z])\s*=\s*(-?\d+)\b")
+_RESULT = re.compile(r"\b(?:Then|So|Hence|We get)\s+([a-z0-9*+\-() ]+?)\s*=\s*(-?\d+)\.")
+_PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2}
+_SYMBOL = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: "*"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One statement of the corpus: variable bindings, an expression and its value."""
+
+    bindings: tuple[tuple[str, int], ...]
+    expression: str
+    value: int
+
+    def text(self, rng: random.Random) -> str:
+        names = [f"{n} = {v}" for n, v in self.bindings]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"{rng.choice(_BIND_OPENERS)} {listed}. {rng.choice(_RESULT_OPENERS)} {self.expression} = {self.value}."
+
+
+def random_problem(rng: random.Random, max_operand: int) -> Problem:
+    """A problem with 2-3 variables and 1-3 operations."""
+    names = rng.sample(_VARIABLES, rng.randint(2, 3))
+    values = {n: rng.randint(2, max_operand) for n in names}
+    node: ast.expr = ast.Name(names[0])
+    for i in range(rng.randint(1, 3)):
+        leaf = ast.Name(names[(i + 1) % len(names)])
+        op = rng.choice([ast.Add, ast.Sub, ast.Mult])()
+        node = ast.BinOp(node, op, leaf) if rng.random() < 0.6 else ast.BinOp(leaf, op, node)
+    expression = render(node)
+    return Problem(tuple(values.items()), expression, _evaluate(node, values))
+
+
+def generate_corpus(cfg: SyntheticConfig) -> list[dict]:
+    """Documents `{"id", "text"}`: paragraphs of problems, intermediate steps omitted."""
+    docs = []
+    for i in range(cfg.num_docs):
+        rng = random.Random(f"{cfg.seed}:{i}")
+        problems = [random_problem(rng, cfg.max_operand).text(rng)
+                    for _ in range(rng.randint(cfg.min_problems, cfg.max_problems))]
+        paragraphs, start = [], 0
+        while start < len(problems):
+            end = start + rng.randint(2, 5)
+            paragraphs.append(" ".join(problems[start:end]))
+            start = end
+        docs.append({"id": f"synth-{cfg.seed}-{i:06d}", "text": "\n".join(paragraphs)})
+    return docs
+
+
+def program_teacher(prefix: str, chunk: str) -> str:
+    """The true omitted steps of every result in `chunk`, using bindings from `prefix` and `chunk`.
+
+    `a*b - a = 1628.` after `Let a = 37 and b = 45.` becomes
+    `a*b - a = 37*45 - 37 = 1665 - 37 = 1628.`; a chunk with bindings only restates them.
+    """
+    offset = len(prefix)
+    text = prefix + chunk
+    steps = []
+    for match in _RESULT.finditer(chunk):
+        bindings = dict(_bindings(text[: offset + match.start()]))
+        try:
+            node = ast.parse(match.group(1).strip(), mode="eval").body
+            steps.append(" = ".join([render(node)] + _reductions(node, bindings)) + ".")
+        except (SyntaxError, KeyError, ValueError):
+            continue  # not an expression over known variables: nothing to explain
+    if not steps:
+        bound = _bindings(chunk)
+        return "We have " + ", ".join(f"{n} = {v}" for n, v in bound) + "." if bound else "Nothing to compute."
+    return " ".join(steps)
+
+
+def _bindings(text: str) -> list[tuple[str, str]]:
+    """(variable, value) pairs of the binding sentences in `text`, in order."""
+    return [pair for sentence in _BIND_SENTENCE.findall(text) for pair in _BINDING.findall(sentence)]
+
+
+def render(node: ast.expr, parent: int = 0, right: bool = False) -> str:
+    """An expression as the corpus writes it: `*` unspaced, `+`/`-` spaced, minimal parentheses."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Constant):
+        return str(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return f"(-{render(node.operand, 3)})" if right else f"-{render(node.operand, 3)}"
+    if not isinstance(node, ast.BinOp) or type(node.op) not in _PRECEDENCE:
+        raise ValueError("unsupported expression")
+    prec = _PRECEDENCE[type(node.op)]
+    out = render(node.left, prec) + _SYMBOL[type(node.op)] + render(node.right, prec, right=True)
+    return f"({out})" if prec < parent or (right and prec == parent) else out
+
+
+def _reductions(node: ast.expr, bindings: dict[str, str]) -> list[str]:
+    """Substitute the bindings, then reduce one operation at a time (innermost, leftmost first)."""
+    node = _substitute(node, bindings)
+    out = [render(node)]
+    while isinstance(node, ast.BinOp):
+        node = _reduce_one(node)
+        out.append(render(node))
+    return out
+
+
+def _substitute(node: ast.expr, bindings: dict[str, str]) -> ast.expr:
+    if isinstance(node, ast.Name):
+        return _constant(int(bindings[node.id]))
+    if isinstance(node, ast.BinOp):
+        return ast.BinOp(_substitute(node.left, bindings), node.op, _substitute(node.right, bindings))
+    if isinstance(node, (ast.Constant, ast.UnaryOp)):
+        return node
+    raise ValueError("unsupported expression")
+
+
+def _reduce_one(node: ast.expr) -> ast.expr:
+    if isinstance(node, ast.BinOp):
+        if isinstance(node.left, ast.BinOp):
+            return ast.BinOp(_reduce_one(node.left), node.op, node.right)
+        if isinstance(node.right, ast.BinOp):
+            return ast.BinOp(node.left, node.op, _reduce_one(node.right))
+        return _constant(_evaluate(node, {}))
+    return node
+
+
+def _constant(value: int) -> ast.expr:
+    return ast.Constant(value) if value >= 0 else ast.UnaryOp(ast.USub(), ast.Constant(-value))
+
+
+def _evaluate(node: ast.expr, values: dict[str, int]) -> int:
+    if isinstance(node, ast.Name):
+        return values[node.id]
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp):
+        return -_evaluate(node.operand, values)
+    left, right = _evaluate(node.left, values), _evaluate(node.right, values)
+    return {ast.Add: left + right, ast.Sub: left - right, ast.Mult: left * right}[type(node.op)]
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 384):
+    """Train a byte-level BPE (digits split singly) on `texts`, add the special tokens, save it.
+
+    Returns the `PreTrainedTokenizerFast`; `out_dir` becomes a normal Hugging Face tokenizer
+    directory. Decoding inverts encoding exactly.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nemo_latent_thoughts import fileio
+    from nemo_latent_thoughts.tokens import extend_tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", clean_up_tokenization_spaces=False)
+    extend_tokenizer(tokenizer)
+    with fileio.atomic_path(out_dir) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    tokenizer.name_or_path = str(out_dir)
+    return tokenizer
+
+
+def tiny_model_shape(vocab_size: int) -> ModelShape:
+    """The tiny preset with the vocabulary of a test tokenizer."""
+    if vocab_size < 1:
+        raise NLTError(f"vocab_size must be >= 1, got {vocab_size}")
+    return PRESETS["tiny"].with_vocab(vocab_size)

@@ -1,0 +1,18 @@
+import json
+
+from nemo_latent_thoughts.cli import main
+
+
+def test_demo_runs_and_resumes(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["demo", f"run_dir={run_dir}", "synthetic.num_docs=12", "tokenizer.vocab_size=320"]
+    assert main(args) == 0
+    assert str(run_dir) in capsys.readouterr().out
+    corpus = (run_dir / "corpus.jsonl").read_bytes()
+    assert len(corpus.splitlines()) == 12 and json.loads(corpus.splitlines()[0])["text"]
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert "num_docs: 12" in (run_dir / "config.yaml").read_text()
+    tokenizer_mtime = (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    assert main(args) == 0  # a rerun skips finished stages and rewrites nothing
+    assert (run_dir / "corpus.jsonl").read_bytes() == corpus
+    assert (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer_mtime
