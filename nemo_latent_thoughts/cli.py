@@ -1,6 +1,8 @@
 """The `nlt` command. Every subcommand takes a recipe YAML and OmegaConf dot-list overrides.
 
     nlt config recipes/demo_cpu.yaml model.preset=tiny   # print the resolved config
+    nlt prepare recipe.yaml data.corpus=[corpus.jsonl]   # corpus -> chunk shards
+    nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
     nlt demo                                             # the CPU demo on its embedded default
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +35,20 @@ def _cmd_demo(args) -> None:
     demo.run(config.load_config(args.config, args.overrides))
 
 
+def _cmd_prepare(args) -> None:
+    from nemo_latent_thoughts import config
+    from nemo_latent_thoughts.data.prepare import prepare
+
+    print(f"chunks are in {prepare(config.load_config(args.config, args.overrides))}")
+
+
+def _cmd_write(args) -> None:
+    from nemo_latent_thoughts import config
+    from nemo_latent_thoughts.data.writer import write_dataset
+
+    print(f"data is in {write_dataset(config.load_config(args.config, args.overrides))}")
+
+
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("config", nargs=None if config_required else "?",
@@ -50,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser = _add(sub, "config", _cmd_config, "print the resolved config of a recipe",
                          config_required=False)
     config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
+    _add(sub, "prepare", _cmd_prepare, "chunk a corpus into chunk shards (data.*)")
+    _add(sub, "write", _cmd_write, "write chunks + latents as Megatron indexed data (write.*)")
     _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
     return parser
 
@@ -59,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.debug:  # megatron-core and NeMo are chatty at import time
+        for name in ("megatron", "nemo", "numexpr"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", module=r"(megatron|nemo|torch|transformers)(\.|$)")
     # A positional that looks like an override was meant as one (`nlt config a.b=1`).
     if getattr(args, "config", None) and "=" in str(args.config) and not Path(args.config).exists():
         args.overrides.insert(0, args.config)

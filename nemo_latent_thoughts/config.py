@@ -49,13 +49,67 @@ class SyntheticConfig:
 
 
 @dataclass(kw_only=True)
+class DataConfig:
+    """Reading and chunking the raw corpus (`nlt prepare`)."""
+
+    corpus: list[str] = field(default_factory=lambda: ["${run_dir}/corpus.jsonl"])
+    """JSONL or Parquet files, directories or globs of them."""
+    text_field: str = "text"
+    """Record field that holds the document text."""
+    id_field: str = "id"
+    """Record field that holds the document id; without it, ids are FILE:LINE."""
+    on_bad_record: str = "error"
+    """error: stop at the first bad record; skip: count and list bad records in the manifest."""
+    mean_chunk_sentences: float = 7.0
+    """A chunk has 1 + Poisson(mean_chunk_sentences) sentences."""
+    max_chunk_sentences: int = 20
+    """Upper bound on the sentences of one chunk."""
+    context_chunks: int = 3
+    """Preceding raw chunks that E-step prompts show before a chunk."""
+    docs_per_shard: int = 1000
+    """Documents per chunk shard (the unit of resumption and of E-step parallelism)."""
+    workers: int = 1
+    """Processes that chunk documents in parallel (the output does not depend on it)."""
+    chunks_dir: str = "${run_dir}/corpus"
+    """Where `nlt prepare` writes the chunk shards and their manifest."""
+
+    def check(self) -> None:
+        _require(self.on_bad_record in ("error", "skip"), "on_bad_record", "must be error or skip")
+        _require(self.mean_chunk_sentences >= 0, "mean_chunk_sentences", "must be >= 0")
+        _require(self.max_chunk_sentences >= 1, "max_chunk_sentences", "must be >= 1")
+        _require(self.context_chunks >= 0, "context_chunks", "must be >= 0")
+        _require(self.docs_per_shard >= 1, "docs_per_shard", "must be >= 1")
+        _require(self.workers >= 1, "workers", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class WriteConfig:
+    """Writing chunks (+ latents) as a Megatron indexed dataset (`nlt write`)."""
+
+    latents: list[str] = field(default_factory=list)
+    """Latent JSONL files or globs ({doc_id, chunk_idx, latent_token_ids | latent_text, source});
+    empty: the raw-only baseline."""
+    out_dir: str = "${run_dir}/data"
+    """Output directory: {train,valid}.{bin,idx} with companions, and manifest.json."""
+    valid_fraction: float = 0.05
+    """Share of documents (chosen by a hash of their id and the seed) written to the valid split."""
+    round: int = 0
+    """EM round that produced the latents (provenance)."""
+    model: str = ""
+    """Model or teacher that produced the latents (provenance)."""
+
+    def check(self) -> None:
+        _require(0.0 <= self.valid_fraction < 1.0, "valid_fraction", "must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
 class TokenizerConfig:
     """The tokenizer; the four latent-thought special tokens are always added to it."""
 
-    path: Optional[str] = None
-    """A Hugging Face tokenizer directory. Unset: train a small byte-level BPE on the corpus."""
+    path: str = "${run_dir}/tokenizer"
+    """A Hugging Face tokenizer directory with the special tokens (the demo trains one here)."""
     vocab_size: int = 384
-    """Vocabulary size of the trained BPE tokenizer (ignored when `path` is set)."""
+    """Vocabulary size of the BPE tokenizer the demo trains on the synthetic corpus."""
 
     def check(self) -> None:
         _require(self.vocab_size >= 300, "vocab_size", "must be >= 300 (256 bytes + merges)")
@@ -87,6 +141,10 @@ class Config:
     """The synthetic corpus used by the CPU demo and the tests."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """The tokenizer."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The raw corpus and its chunking."""
+    write: WriteConfig = field(default_factory=WriteConfig)
+    """The augmented-data writer."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
 

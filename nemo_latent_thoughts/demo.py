@@ -1,34 +1,68 @@
-"""The CPU demo: every pipeline stage that exists, on the synthetic corpus, in `run_dir`."""
+"""The CPU demo: every pipeline stage that exists, on the synthetic corpus, in `run_dir`.
+
+synthetic corpus -> tokenizer -> `prepare` (chunks) -> program-teacher latents (warm start) ->
+`write` (Megatron bin/idx, raw baseline and latent-augmented) -> `LatentThoughtsDataset` windows.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.tokens import encode_raw, load_tokenizer
+from nemo_latent_thoughts.data.dataset import build_datasets
+from nemo_latent_thoughts.data.prepare import prepare, read_chunks
+from nemo_latent_thoughts.data.writer import write_dataset
+from nemo_latent_thoughts.model.presets import PRESETS
+from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def program_teacher_latents(chunks_dir: Path, out: Path) -> Path:
+    """Latent JSONL for every prepared chunk, written by the program teacher."""
+    if not out.exists():
+        def records():
+            for doc in read_chunks(chunks_dir):
+                prefix = ""
+                for chunk in doc:
+                    latent = testing.program_teacher(prefix, chunk["text"])
+                    yield {"doc_id": chunk["doc_id"], "chunk_idx": chunk["chunk_idx"],
+                           "latent_text": latent, "source": "program_teacher"}
+                    prefix += chunk["text"]
+        log.info("teacher: wrote %d program-teacher latents to %s", fileio.write_jsonl(out, records()), out)
+    return out
 
 
 def run(cfg: Config) -> Path:
     """Run the demo; each finished stage is skipped on a rerun. Returns the run directory."""
     run_dir = Path(cfg.run_dir)
     config_lib.save_config(cfg, run_dir)
-    corpus = run_dir / "corpus.jsonl"
+    corpus = Path(cfg.data.corpus[0])
     if not corpus.exists():
         count = fileio.write_jsonl(corpus, testing.generate_corpus(cfg.synthetic))
         log.info("wrote %d synthetic documents to %s", count, corpus)
-    docs = [json.loads(line) for line in corpus.open(encoding="utf-8")]
-    tokenizer_dir = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer"
-    if not cfg.tokenizer.path and not tokenizer_dir.exists():
-        testing.train_tokenizer((d["text"] for d in docs), tokenizer_dir, cfg.tokenizer.vocab_size)
+    tokenizer_dir = Path(cfg.tokenizer.path)
+    if not tokenizer_dir.exists():
+        texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
+        testing.train_tokenizer(texts, tokenizer_dir, cfg.tokenizer.vocab_size)
         log.info("trained a %d-token BPE tokenizer in %s", cfg.tokenizer.vocab_size, tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    num_tokens = sum(map(len, encode_raw(tokenizer, [d["text"] for d in docs])))
-    log.info("corpus: %d documents, %d tokens (vocabulary %d)", len(docs), num_tokens, len(tokenizer))
+
+    chunks_dir = prepare(cfg)
+    latents = program_teacher_latents(chunks_dir, run_dir / "round_00" / "teacher" / "latents.jsonl")
+    raw_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(run_dir / "raw" / "data"))))
+    data_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[str(latents)], model="program_teacher",
+                                                        out_dir=str(run_dir / "round_00" / "data"))))
+
+    ids = latent_token_ids(load_tokenizer(tokenizer_dir))
+    seq = PRESETS[cfg.model.preset].seq_length
+    for name, data in (("raw", raw_dir), ("latent-augmented", data_dir)):
+        train, _ = build_datasets([(str(data / "train"), 1.0)], None, sequence_length=seq, seed=cfg.seed,
+                                  token_ids=ids, train_samples=None)
+        log.info("%s data: %d training windows of %d tokens per epoch", name, len(train), seq)
     print(f"demo results are in {run_dir.resolve()}")
     return run_dir

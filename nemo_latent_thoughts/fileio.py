@@ -34,6 +34,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def clean_temps(directory: str | os.PathLike, name: str = "*") -> None:
+    """Remove what a killed writer left of `atomic_path(directory / name)` (its `.tmp-*` dirs).
+
+    Only call it where no other process is writing the same names.
+    """
+    for stale in Path(directory).glob(f".tmp-{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:

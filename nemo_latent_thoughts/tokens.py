@@ -58,7 +58,10 @@ def encode_raw(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     A raw text that contains `<|START_OF_LATENT|>` or `</s>` as characters is encoded as those
     characters, never as the special token.
     """
-    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    texts = list(texts)
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def load_tokenizer(path: str | Path):

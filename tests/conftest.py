@@ -64,3 +64,47 @@ def tokenizer(tokenizer_dir):
     from nemo_latent_thoughts.tokens import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
+
+
+def make_run(run_dir, docs, tokenizer_dir, *overrides):
+    """A config for `run_dir` whose corpus is `docs` (written there) and tokenizer is `tokenizer_dir`."""
+    from nemo_latent_thoughts import fileio
+    from nemo_latent_thoughts.config import load_config
+
+    fileio.write_jsonl(run_dir / "corpus.jsonl", docs)
+    return load_config(None, [f"run_dir={run_dir}", f"tokenizer.path={tokenizer_dir}", "data.docs_per_shard=8",
+                              *overrides])
+
+
+SPECIAL_STRINGS_DOC = {"id": "special", "text": "Raw text may say <|START_OF_LATENT|> or <|END_OF_LATENT|>. "
+                       "Or <|PRIOR_PREFIX|> and <|POSTERIOR_PREFIX|>. Even </s> and <s> stay text."}
+
+
+@pytest.fixture(scope="session")
+def written_run(tmp_path_factory, synthetic_docs, tokenizer_dir):
+    """A prepared run whose data has program-teacher latents for about 3 in 4 chunks.
+
+    Returns (cfg, data_dir, latents_by_key) where latents_by_key maps (doc_id, chunk_idx) to text.
+    """
+    import random
+
+    from nemo_latent_thoughts import fileio
+    from nemo_latent_thoughts.data.prepare import prepare, read_chunks
+    from nemo_latent_thoughts.data.writer import write_dataset
+
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = make_run(run_dir, synthetic_docs + [SPECIAL_STRINGS_DOC], tokenizer_dir, "write.valid_fraction=0.2")
+    prepare(cfg)
+    rng = random.Random(0)
+    latents = {}
+    for doc in read_chunks(cfg.data.chunks_dir):
+        prefix = ""
+        for chunk in doc:
+            if rng.random() < 0.75:
+                latents[(chunk["doc_id"], chunk["chunk_idx"])] = testing.program_teacher(prefix, chunk["text"])
+            prefix += chunk["text"]
+    path = run_dir / "latents.jsonl"
+    fileio.write_jsonl(path, [{"doc_id": d, "chunk_idx": c, "latent_text": t, "source": "program"}
+                              for (d, c), t in latents.items()])
+    cfg.write.latents = [str(path)]
+    return cfg, write_dataset(cfg), latents

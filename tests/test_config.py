@@ -23,8 +23,11 @@ def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
     assert cfg.tokenizer.path == "/tok" and cfg.seed == 5
 
 
-def test_no_file_gives_the_embedded_defaults():
-    assert load_config(None) == Config()
+def test_no_file_gives_the_embedded_defaults_resolved():
+    cfg = load_config(None)
+    assert cfg.synthetic == Config().synthetic and cfg.model == Config().model
+    assert cfg.tokenizer.path == "runs/demo/tokenizer"  # ${run_dir} interpolations are resolved
+    assert load_config(None, ["run_dir=/r"]).data.corpus == ["/r/corpus.jsonl"]
 
 
 @pytest.mark.parametrize("text, expected", [

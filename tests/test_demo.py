@@ -12,6 +12,10 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     assert len(corpus.splitlines()) == 12 and json.loads(corpus.splitlines()[0])["text"]
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert "num_docs: 12" in (run_dir / "config.yaml").read_text()
+    latent = json.loads((run_dir / "round_00" / "data" / "manifest.json").read_text())["splits"]["train"]
+    raw = json.loads((run_dir / "raw" / "data" / "manifest.json").read_text())["splits"]["train"]
+    assert latent["chunks_with_latents"] == latent["chunks"] > 0 and raw["chunks_with_latents"] == 0
+    assert latent["raw_tokens"] == raw["raw_tokens"] and latent["latent_tokens"] > 0
     tokenizer_mtime = (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
     assert main(args) == 0  # a rerun skips finished stages and rewrites nothing
     assert (run_dir / "corpus.jsonl").read_bytes() == corpus

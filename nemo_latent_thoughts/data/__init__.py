@@ -1,0 +1,1 @@
+"""Corpus reading, chunking, latent layouts, the Megatron bin/idx writer and the datasets."""
