@@ -3,6 +3,7 @@
     nlt config recipes/demo_cpu.yaml model.preset=tiny   # print the resolved config
     nlt prepare recipe.yaml data.corpus=[corpus.jsonl]   # corpus -> chunk shards
     nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
+    nlt train recipe.yaml training.max_steps=100         # M-step on CPU
     nlt demo                                             # the CPU demo on its embedded default
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -49,6 +51,23 @@ def _cmd_write(args) -> None:
     print(f"data is in {write_dataset(config.load_config(args.config, args.overrides))}")
 
 
+def _cmd_train(args) -> None:
+    from nemo_latent_thoughts import config
+    from nemo_latent_thoughts.train.trainer import train
+
+    out = train(config.load_config(args.config, args.overrides))
+    if os.environ.get("RANK", "0") == "0":
+        print(f"training results are in {out}")
+
+
+def _cmd_export(args) -> None:
+    from nemo_latent_thoughts import config
+    from nemo_latent_thoughts.train.trainer import export_checkpoint
+
+    cfg = config.load_config(args.config, args.overrides)
+    print(f"Hugging Face model written to {export_checkpoint(cfg, args.checkpoint, args.out)}")
+
+
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("config", nargs=None if config_required else "?",
@@ -69,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
     _add(sub, "prepare", _cmd_prepare, "chunk a corpus into chunk shards (data.*)")
     _add(sub, "write", _cmd_write, "write chunks + latents as Megatron indexed data (write.*)")
+    _add(sub, "train", _cmd_train, "train the model on CPU (training.*); torchrun/srun for data parallel")
+    export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
+    export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")
+    export.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT/hf)")
     _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
     return parser
 

@@ -120,13 +120,87 @@ class ModelConfig:
     """The Llama-style model (`nemo_latent_thoughts.model.presets`)."""
 
     preset: str = "tiny"
-    """Model preset: tiny, tinyllama-1.1b or llama3.2-1b."""
+    """Model preset: tiny, tinyllama-1.1b or llama3.2-1b (ignored with training.init_from)."""
+    make_vocab_size_divisible_by: int = 128
+    """Pad the vocabulary (tokenizer + special tokens) to a multiple of this, as Megatron does."""
 
     def check(self) -> None:
         from nemo_latent_thoughts.model.presets import PRESETS
 
         _require(self.preset in PRESETS, "preset",
                  f"unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}")
+
+
+@dataclass(kw_only=True)
+class DataSource:
+    """One data prefix of a blend (`nlt write` output `DIR/train` or `DIR/valid`, or Megatron data)."""
+
+    path: str
+    """Indexed-dataset prefix (without .bin/.idx)."""
+    weight: float = 1.0
+    """Relative share of training samples drawn from it."""
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """The M-step on the embedded CPU trainer (`nlt train`)."""
+
+    train_data: list[DataSource] = field(default_factory=lambda: [DataSource(path="${write.out_dir}/train")])
+    """Training blend: prefixes and weights (e.g. this round's data and raw data)."""
+    valid_data: list[DataSource] = field(default_factory=lambda: [DataSource(path="${write.out_dir}/valid")])
+    """Validation data; empty: no validation."""
+    init_from: Optional[str] = None
+    """Base model: a Hugging Face Llama directory (vocabulary grown for the special tokens).
+    Unset: random initialisation of model.preset."""
+    out_dir: str = "${run_dir}/mstep"
+    """Checkpoints, metrics.jsonl, the resolved config and the final Hugging Face export (hf/)."""
+    seq_length: int = 256
+    """Tokens per training window."""
+    micro_batch_size: int = 4
+    """Windows per forward/backward pass on one process."""
+    global_batch_size: int = 8
+    """Windows per optimizer step over all processes (a multiple of micro_batch_size x world size)."""
+    max_tokens: int = 1_000_000
+    """Token budget: the run takes max_tokens // (global_batch_size x seq_length) steps."""
+    max_steps: Optional[int] = None
+    """Steps to take instead of the token budget."""
+    lr: float = 2e-3
+    """Peak learning rate (paper: 1e-4 for TinyLlama continued pretraining)."""
+    min_lr: float = 2e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 20
+    """Linear warmup steps (paper: 1000)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, on matrices only (not norms)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+    eval_every: int = 50
+    """Steps between validation-loss evaluations (and at the end)."""
+    eval_batches: int = 4
+    """Micro-batches per validation evaluation."""
+    save_every: int = 100
+    """Steps between checkpoints (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints to keep."""
+    log_every: int = 10
+    """Steps between metrics lines."""
+
+    def check(self) -> None:
+        _require(self.seq_length >= 2, "seq_length", "must be >= 2")
+        _require(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        _require(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
+                 "must be a multiple of micro_batch_size")
+        _require(bool(self.train_data), "train_data", "needs at least one data prefix")
+        _require(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        _require(self.max_tokens >= self.global_batch_size * self.seq_length or self.max_steps is not None,
+                 "max_tokens", "is less than one step (global_batch_size x seq_length)")
+        _require(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
+        for key in ("warmup_steps", "eval_every", "eval_batches", "save_every", "keep_last", "log_every"):
+            _require(getattr(self, key) >= (0 if key == "warmup_steps" else 1), key, "must be positive")
 
 
 @dataclass(kw_only=True)
@@ -147,6 +221,8 @@ class Config:
     """The augmented-data writer."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """The M-step trainer."""
 
 
 class _CheckFailed(ValueError):

@@ -55,11 +55,12 @@ def initialize(seed: int = 0) -> None:
     if not torch.cuda.is_available():
         apply_shims()
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend, rank=int(os.environ.get("RANK", 0)),
-                                             world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        # One process: a private address, so the environment children inherit stays untouched.
+        init_method = "env://" if world_size > 1 else f"tcp://127.0.0.1:{_free_port()}"
+        torch.distributed.init_process_group(backend, init_method=init_method,
+                                             rank=int(os.environ.get("RANK", 0)), world_size=world_size)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     torch.manual_seed(seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -11,6 +12,8 @@ import torch
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import SyntheticConfig
 from nemo_latent_thoughts.optional import has_nemo, has_trtllm
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not test logs
 
 
 def pytest_addoption(parser):

@@ -75,7 +75,8 @@ def test_kill_9_mid_prepare_then_resume_gives_identical_shards(tmp_path, tokeniz
     deadline = time.time() + 120
     while len(list(chunks_dir.glob("chunks_*.jsonl"))) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "prepare finished before it could be killed"
     assert not (chunks_dir / "manifest.json").exists()
     prepare(cfg)

@@ -133,7 +133,8 @@ def test_kill_9_mid_write_then_rerun_gives_identical_files(tmp_path, tokenizer_d
     while time.time() < deadline and proc.poll() is None and not any(
             p.stat().st_size > 0 for p in (tmp_path / "killed").glob(".tmp-data-*/data/train.bin")):
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "write finished before it could be killed"
     assert not Path(cfg.write.out_dir).exists()
     write_dataset(cfg)

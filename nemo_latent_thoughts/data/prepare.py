@@ -77,7 +77,7 @@ def prepare(cfg: Config) -> Path:
     reader = CorpusReader(files, data.text_field, data.id_field, data.on_bad_record)
     work = partial(chunk_records, cfg=data, seed=cfg.seed)
     shards, totals = [], {"chunks": 0, "characters": 0}
-    with _mapper(data.workers) as pool, tqdm(desc="prepare", unit="doc", dynamic_ncols=True) as bar:
+    with _mapper(data.workers) as pool, tqdm(desc="prepare", unit="doc", mininterval=1.0, dynamic_ncols=True) as bar:
         for index, docs in enumerate(_batched(reader, data.docs_per_shard)):
             path = out / shard_name(index)
             if path.exists():  # finished by an earlier run with the same plan
