@@ -24,17 +24,27 @@ def transformer_config(shape: ModelShape, params_dtype: torch.dtype = torch.floa
     )
 
 
-def gpt_model(shape: ModelShape, params_dtype: torch.dtype = torch.float32):
-    """A megatron-core `GPTModel` for `shape`, with megatron-core's local (non-TE) layers.
+def layer_spec():
+    """megatron-core's local (non-TE) Llama layer, with fused causal attention (`SDPAttention`)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from nemo_latent_thoughts.model.attention import SDPAttention
+
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def gpt_model(shape: ModelShape, params_dtype: torch.dtype = torch.float32, spec=None):
+    """A megatron-core `GPTModel` for `shape` (layers: `spec`, default `layer_spec()`).
 
     Model parallelism must be initialised first (`megatron_cpu.initialize` on CPU).
     """
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     return GPTModel(
         config=transformer_config(shape, params_dtype),
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_layer_spec=spec or layer_spec(),
         vocab_size=shape.vocab_size, max_sequence_length=shape.seq_length,
         share_embeddings_and_output_weights=shape.tie_embeddings,
         position_embedding_type="rope", rotary_base=int(shape.rope_theta),

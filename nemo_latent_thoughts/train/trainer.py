@@ -68,12 +68,12 @@ def lr_lambda(cfg: Config, steps: int):
 
 
 def optimizer_for(model, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm weights are not decayed)."""
+    """Fused AdamW with weight decay on matrices only (norm weights are not decayed)."""
     t = cfg.training
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), fused=True)
 
 
 def model_state(model) -> dict[str, torch.Tensor]:
