@@ -1,7 +1,8 @@
 """The CPU demo: every pipeline stage that exists, on the synthetic corpus, in `run_dir`.
 
 synthetic corpus -> tokenizer -> `prepare` (chunks) -> program-teacher latents (warm start) ->
-`write` (Megatron bin/idx, raw baseline and latent-augmented) -> `LatentThoughtsDataset` windows.
+`write` (Megatron bin/idx, raw baseline and latent-augmented) -> `train` (M-step of round 0 on
+the tiny model, exported to Hugging Face format).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
-from nemo_latent_thoughts.config import Config
+from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.data.dataset import build_datasets
 from nemo_latent_thoughts.data.prepare import prepare, read_chunks
 from nemo_latent_thoughts.data.writer import write_dataset
-from nemo_latent_thoughts.model.presets import PRESETS
+from nemo_latent_thoughts.train.trainer import train
 from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,17 @@ def run(cfg: Config) -> Path:
                                                         out_dir=str(run_dir / "round_00" / "data"))))
 
     ids = latent_token_ids(load_tokenizer(tokenizer_dir))
-    seq = PRESETS[cfg.model.preset].seq_length
+    seq = cfg.training.seq_length
     for name, data in (("raw", raw_dir), ("latent-augmented", data_dir)):
-        train, _ = build_datasets([(str(data / "train"), 1.0)], None, sequence_length=seq, seed=cfg.seed,
-                                  token_ids=ids, train_samples=None)
-        log.info("%s data: %d training windows of %d tokens per epoch", name, len(train), seq)
+        windows, _ = build_datasets([(str(data / "train"), 1.0)], None, sequence_length=seq, seed=cfg.seed,
+                                    token_ids=ids, train_samples=None)
+        log.info("%s data: %d training windows of %d tokens per epoch", name, len(windows), seq)
+    has_valid = json.loads((data_dir / "manifest.json").read_text())["splits"]["valid"]["documents"] > 0
+    mstep = train(replace(cfg, training=replace(
+        cfg.training, out_dir=str(run_dir / "round_00" / "mstep"), train_data=[DataSource(path=str(data_dir / "train"))],
+        valid_data=[DataSource(path=str(data_dir / "valid"))] if has_valid else [])))
+    done = json.loads((mstep / "done.json").read_text())
+    log.info("round 0 M-step: %d steps, validation loss %s, model in %s", done["steps"], done["valid_loss"],
+             mstep / "hf")
     print(f"demo results are in {run_dir.resolve()}")
     return run_dir

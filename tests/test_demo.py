@@ -5,7 +5,8 @@ from nemo_latent_thoughts.cli import main
 
 def test_demo_runs_and_resumes(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["demo", f"run_dir={run_dir}", "synthetic.num_docs=12", "tokenizer.vocab_size=320"]
+    args = ["demo", f"run_dir={run_dir}", "synthetic.num_docs=12", "tokenizer.vocab_size=320",
+            "training.max_steps=5", "training.seq_length=64"]
     assert main(args) == 0
     assert str(run_dir) in capsys.readouterr().out
     corpus = (run_dir / "corpus.jsonl").read_bytes()
@@ -16,6 +17,8 @@ def test_demo_runs_and_resumes(tmp_path, capsys):
     raw = json.loads((run_dir / "raw" / "data" / "manifest.json").read_text())["splits"]["train"]
     assert latent["chunks_with_latents"] == latent["chunks"] > 0 and raw["chunks_with_latents"] == 0
     assert latent["raw_tokens"] == raw["raw_tokens"] and latent["latent_tokens"] > 0
+    assert (run_dir / "round_00" / "mstep" / "hf" / "model.safetensors").is_file()
+    assert json.loads((run_dir / "round_00" / "mstep" / "done.json").read_text())["steps"] == 5
     tokenizer_mtime = (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
     assert main(args) == 0  # a rerun skips finished stages and rewrites nothing
     assert (run_dir / "corpus.jsonl").read_bytes() == corpus
