@@ -4,6 +4,7 @@
     nlt prepare recipe.yaml data.corpus=[corpus.jsonl]   # corpus -> chunk shards
     nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
     nlt train recipe.yaml training.max_steps=100         # M-step on CPU
+    nlt estep recipe.yaml estep.num_samples=4 --shard 0 --num-shards 8   # E-step, one array task
     nlt demo                                             # the CPU demo on its embedded default
 """
 
@@ -68,6 +69,14 @@ def _cmd_export(args) -> None:
     print(f"Hugging Face model written to {export_checkpoint(cfg, args.checkpoint, args.out)}")
 
 
+def _cmd_estep(args) -> None:
+    from nemo_latent_thoughts import config
+    from nemo_latent_thoughts.estep import run_estep
+
+    out = run_estep(config.load_config(args.config, args.overrides), args.shard, args.num_shards)
+    print(f"E-step results are in {out}")
+
+
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("config", nargs=None if config_required else "?",
@@ -92,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
     export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")
     export.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT/hf)")
+    estep = _add(sub, "estep", _cmd_estep, "sample, score and resample K latents per chunk (estep.*)")
+    estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
+    estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")
     _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
     return parser
 

@@ -204,6 +204,43 @@ class TrainingConfig:
 
 
 @dataclass(kw_only=True)
+class EStepConfig:
+    """The E-step: K latents per chunk from the previous round's model (`nlt estep`)."""
+
+    model: str = "${run_dir}/round_00/mstep/hf"
+    """Hugging Face directory of the model that samples and scores (an M-step's hf/ export)."""
+    out_dir: str = "${run_dir}/round_01/estep"
+    """Where shard_NNNNN.jsonl files and manifest.json go."""
+    round: int = 1
+    """EM round these latents are for (seeds and provenance)."""
+    num_samples: int = 4
+    """K: latents sampled per chunk (paper: 4)."""
+    max_new_tokens: int = 1024
+    """Longest latent; a sample that reaches it without EOL is rejected (paper: 1024)."""
+    max_prompt_tokens: int = 1024
+    """Posterior prompts are left-truncated to this many tokens (paper: 1024)."""
+    max_context_tokens: int = 1024
+    """Preceding-text tokens kept before the scored span of log p(z, x)."""
+    backend: str = "hf"
+    """hf (transformers; CPU reference) or trtllm (TensorRT-LLM, GPU)."""
+    device: str = "cpu"
+    """Device of the hf backend: cpu or cuda."""
+    batch_size: int = 32
+    """Sampling requests (chunks x K) decoded together."""
+    score_batch_size: int = 16
+    """Sequences per teacher-forced scoring pass."""
+    chunks_per_part: int = 32
+    """Chunks per unit of resumable work inside a shard."""
+
+    def check(self) -> None:
+        _require(self.backend in ("hf", "trtllm"), "backend", "must be hf or trtllm")
+        for key in ("num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
+                    "chunks_per_part"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.max_context_tokens >= 0, "max_context_tokens", "must be >= 0")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole run: every stage reads its section from one recipe file."""
 
@@ -223,6 +260,8 @@ class Config:
     """The model."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """The M-step trainer."""
+    estep: EStepConfig = field(default_factory=EStepConfig)
+    """The E-step sampler."""
 
 
 class _CheckFailed(ValueError):

