@@ -4,8 +4,8 @@ from nemo_latent_thoughts.train import distributed
 
 
 def test_srun_environment_becomes_torch_distributed_environment(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()  # a private copy: nothing leaks
+                                        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")})
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_LOCALID", "1")
@@ -17,6 +17,7 @@ def test_srun_environment_becomes_torch_distributed_environment(monkeypatch):
 
 
 def test_torchrun_environment_wins_and_single_tasks_are_left_alone(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_NTASKS", "8")
