@@ -16,6 +16,9 @@ def test_scores_equal_a_plain_forward_pass(backend):
     rng = np.random.default_rng(0)
     sequences = [rng.integers(0, 300, size=n).tolist() for n in (5, 17, 40, 9, 33)]
     spans = [(1, 5), (3, 17), (10, 30), (8, 9), (1, 33)]
+    prefix = rng.integers(0, 300, size=12).tolist()  # four continuations sharing one prefill
+    sequences += [prefix + rng.integers(0, 300, size=n).tolist() for n in (1, 6, 3, 9)]
+    spans += [(12, 13), (12, 18), (12, 15), (12, 21)]
     scores = backend.score(sequences, spans)
     for seq, (start, end), score in zip(sequences, spans, scores):
         with torch.no_grad():

@@ -1,10 +1,11 @@
 """`HFBackend`: the transformers reference backend (CPU and small GPUs).
 
-Sampling is batched with a KV cache and left padding; each request draws from the full softmax
-at temperature 1 (no top-k, no top-p) with its own `torch.Generator`, so results do not depend on
-which other requests share the batch's random stream. Finished requests leave the batch. Scoring
-is one teacher-forced pass with right padding; only the span positions go through the output
-layer, so long sequences with large vocabularies fit in memory.
+Sampling is batched with a KV cache and left padding; each distinct prompt is prefilled once and
+its cache shared by its K samples; each request draws from the full softmax at temperature 1 (no
+top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other requests
+share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
+sequences sharing the tokens before their span share one prefill of them; only span positions go
+through the output layer, so long sequences with large vocabularies fit in memory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class HFBackend:
             raise NLTError(f"estep.model '{model_dir}' is not a Hugging Face model directory (no config.json); "
                            "point it at an M-step's hf/ export")
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True,
-                                                          torch_dtype=dtype).to(device).eval()
+                                                          dtype=dtype).to(device).eval()
         self.device = torch.device(device)
         self.vocab_size = self.model.config.vocab_size
         self.batch_size, self.score_batch_size = batch_size, score_batch_size
@@ -53,25 +54,39 @@ class HFBackend:
             results.update(zip(batch, samples))
         return [[results[(i, k)] for k in range(num_samples)] for i in range(len(prompts))]
 
+    def _forward(self, ids, mask, positions, cache, keep_last: bool):
+        """One model call on the running batch; returns last-position logits or hidden states."""
+        if keep_last:
+            return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                              position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                              logits_to_keep=1).logits[:, -1]
+        return self.model.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device), past_key_values=cache,
+                                use_cache=True).last_hidden_state
+
     def _sample_batch(self, prompts, seeds, max_new_tokens: int, stop: int) -> list[Sample]:
+        """Prefill each distinct prompt once, share its KV cache among its samples, then decode."""
         from transformers import DynamicCache
 
-        size, width = len(prompts), max(map(len, prompts))
-        ids = torch.zeros(size, width, dtype=torch.long)
-        mask = torch.zeros(size, width, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        row_of = {p: row for row, p in enumerate(distinct)}
+        width = max(map(len, distinct))
+        ids = torch.zeros(len(distinct), width, dtype=torch.long)
+        mask = torch.zeros(len(distinct), width, dtype=torch.long)
+        for row, prompt in enumerate(distinct):
             ids[row, width - len(prompt):] = torch.as_tensor(prompt)
             mask[row, width - len(prompt):] = 1
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, keep_last=True)
+        rows = [row_of[tuple(p)] for p in prompts]
+        cache.batch_select_indices(torch.as_tensor(rows, device=self.device))
+        mask, logits = mask[rows], logits[rows]
+
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         tokens: list[list[int]] = [[] for _ in prompts]
-        stopped = [False] * size
-        active = list(range(size))  # rows of the running batch -> request index
-        cache = DynamicCache()
-        step_ids, positions = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        stopped = [False] * len(prompts)
+        active = list(range(len(prompts)))  # rows of the running batch -> request index
         for _ in range(max_new_tokens):
-            logits = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
-                                logits_to_keep=1).logits[:, -1]
             probs = torch.softmax(logits.float(), dim=-1).cpu()
             keep, next_ids = [], []
             for row, request in enumerate(active):
@@ -90,30 +105,53 @@ class HFBackend:
                 mask = mask[keep]
                 active = [active[row] for row in keep]
             mask = torch.cat([mask, torch.ones(len(active), 1, dtype=torch.long)], dim=1)
-            positions = mask.sum(-1, keepdim=True) - 1
-            step_ids = torch.as_tensor(next_ids)[:, None]
+            logits = self._forward(torch.as_tensor(next_ids)[:, None], mask, mask.sum(-1, keepdim=True) - 1, cache,
+                                   keep_last=True)
         return [Sample(t, s) for t, s in zip(tokens, stopped)]
 
     @torch.no_grad()
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        for seq, (start, end) in zip(sequences, spans):
+        """Teacher-forced span log-probs. Sequences that share the tokens before their span (the K
+        samples of a chunk) share one prefill of that prefix through the KV cache."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (seq, (start, end)) in enumerate(zip(sequences, spans)):
             if not 1 <= start <= end <= len(seq):
                 raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+            groups.setdefault(tuple(seq[:start]), []).append(i)
         scores = [0.0] * len(sequences)
-        for batch in _batches(order, self.score_batch_size):
-            width = max(len(sequences[i]) for i in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, :len(sequences[i])] = torch.as_tensor(sequences[i])
-                mask[row, :len(sequences[i])] = 1
-            hidden = self.model.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            for row, i in enumerate(batch):
-                start, end = spans[i]
-                logits = self.model.lm_head(hidden[row, start - 1:end - 1]).float()
-                targets = torch.as_tensor(sequences[i][start:end], device=logits.device)
-                scores[i] = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).sum().item()
+        for prefix, members in groups.items():
+            for batch in _batches(members, self.score_batch_size):
+                for i, value in zip(batch, self._score_group(prefix, [sequences[i][len(prefix):spans[i][1]]
+                                                                      for i in batch])):
+                    scores[i] = value
+        return scores
+
+    def _score_group(self, prefix: tuple[int, ...], targets: list[Sequence[int]]) -> list[float]:
+        """Sum of log p(target | prefix) for continuations of one shared prefix."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        ids = torch.as_tensor(prefix)[None]
+        first = torch.log_softmax(self._forward(ids, torch.ones_like(ids), torch.arange(len(prefix))[None], cache,
+                                                keep_last=True).float(), -1)[0]
+        scores = [first[t[0]].item() for t in targets]
+        width = max(len(t) for t in targets) - 1
+        if width == 0:
+            return scores
+        cache.batch_repeat_interleave(len(targets))
+        ids = torch.zeros(len(targets), width, dtype=torch.long)
+        mask = torch.cat([torch.ones(len(targets), len(prefix), dtype=torch.long),
+                          torch.zeros(len(targets), width, dtype=torch.long)], dim=1)
+        for row, t in enumerate(targets):
+            ids[row, :len(t) - 1] = torch.as_tensor(t[:-1])
+            mask[row, len(prefix):len(prefix) + len(t) - 1] = 1
+        positions = torch.arange(len(prefix), len(prefix) + width)[None].expand(len(targets), -1)
+        hidden = self._forward(ids, mask, positions, cache, keep_last=False)
+        for row, t in enumerate(targets):
+            if len(t) > 1:
+                logits = self.model.lm_head(hidden[row, :len(t) - 1]).float()
+                target = torch.as_tensor(t[1:], device=logits.device)
+                scores[row] += torch.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
         return scores
 
     def close(self) -> None:
