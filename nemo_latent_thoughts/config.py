@@ -75,11 +75,8 @@ class DataConfig:
 
     def check(self) -> None:
         _require(self.on_bad_record in ("error", "skip"), "on_bad_record", "must be error or skip")
-        _require(self.mean_chunk_sentences >= 0, "mean_chunk_sentences", "must be >= 0")
-        _require(self.max_chunk_sentences >= 1, "max_chunk_sentences", "must be >= 1")
-        _require(self.context_chunks >= 0, "context_chunks", "must be >= 0")
-        _require(self.docs_per_shard >= 1, "docs_per_shard", "must be >= 1")
-        _require(self.workers >= 1, "workers", "must be >= 1")
+        _at_least(self, 0, "mean_chunk_sentences", "context_chunks")
+        _at_least(self, 1, "max_chunk_sentences", "docs_per_shard", "workers")
 
 
 @dataclass(kw_only=True)
@@ -191,7 +188,7 @@ class TrainingConfig:
 
     def check(self) -> None:
         _require(self.seq_length >= 2, "seq_length", "must be >= 2")
-        _require(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        _at_least(self, 1, "micro_batch_size")
         _require(self.global_batch_size % self.micro_batch_size == 0, "global_batch_size",
                  "must be a multiple of micro_batch_size")
         _require(bool(self.train_data), "train_data", "needs at least one data prefix")
@@ -199,8 +196,8 @@ class TrainingConfig:
         _require(self.max_tokens >= self.global_batch_size * self.seq_length or self.max_steps is not None,
                  "max_tokens", "is less than one step (global_batch_size x seq_length)")
         _require(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
-        for key in ("warmup_steps", "eval_every", "eval_batches", "save_every", "keep_last", "log_every"):
-            _require(getattr(self, key) >= (0 if key == "warmup_steps" else 1), key, "must be positive")
+        _at_least(self, 0, "warmup_steps")
+        _at_least(self, 1, "eval_every", "eval_batches", "save_every", "keep_last", "log_every")
 
 
 @dataclass(kw_only=True)
@@ -234,10 +231,9 @@ class EStepConfig:
 
     def check(self) -> None:
         _require(self.backend in ("hf", "trtllm"), "backend", "must be hf or trtllm")
-        for key in ("num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
-                    "chunks_per_part"):
-            _require(getattr(self, key) >= 1, key, "must be >= 1")
-        _require(self.max_context_tokens >= 0, "max_context_tokens", "must be >= 0")
+        _at_least(self, 1, "num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
+                  "chunks_per_part")
+        _at_least(self, 0, "max_context_tokens")
 
 
 @dataclass(kw_only=True)
@@ -273,6 +269,11 @@ class _CheckFailed(ValueError):
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise _CheckFailed(key, message)
+
+
+def _at_least(section, minimum, *keys: str) -> None:
+    for key in keys:
+        _require(getattr(section, key) >= minimum, key, f"must be >= {minimum}")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[T] = Config) -> T:

@@ -1,8 +1,9 @@
 """The CPU demo: every pipeline stage that exists, on the synthetic corpus, in `run_dir`.
 
 synthetic corpus -> tokenizer -> `prepare` (chunks) -> program-teacher latents (warm start) ->
-`write` (Megatron bin/idx, raw baseline and latent-augmented) -> `train` (M-step of round 0 on
-the tiny model, exported to Hugging Face format).
+`write` (Megatron bin/idx, raw baseline and latent-augmented) -> `train` (round 0's M-step on the
+tiny model, exported to Hugging Face format) -> `estep` (round 1: K latents per chunk from that
+model, importance-resampled) -> `write` + `train` (round 1's M-step, from the base model again).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.data.dataset import build_datasets
 from nemo_latent_thoughts.data.prepare import prepare, read_chunks
 from nemo_latent_thoughts.data.writer import write_dataset
+from nemo_latent_thoughts.estep import run_estep
 from nemo_latent_thoughts.train.trainer import train
 from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
@@ -65,12 +67,23 @@ def run(cfg: Config) -> Path:
         windows, _ = build_datasets([(str(data / "train"), 1.0)], None, sequence_length=seq, seed=cfg.seed,
                                     token_ids=ids, train_samples=None)
         log.info("%s data: %d training windows of %d tokens per epoch", name, len(windows), seq)
-    has_valid = json.loads((data_dir / "manifest.json").read_text())["splits"]["valid"]["documents"] > 0
-    mstep = train(replace(cfg, training=replace(
-        cfg.training, out_dir=str(run_dir / "round_00" / "mstep"), train_data=[DataSource(path=str(data_dir / "train"))],
-        valid_data=[DataSource(path=str(data_dir / "valid"))] if has_valid else [])))
-    done = json.loads((mstep / "done.json").read_text())
-    log.info("round 0 M-step: %d steps, validation loss %s, model in %s", done["steps"], done["valid_loss"],
-             mstep / "hf")
+    mstep = _mstep(cfg, data_dir, run_dir / "round_00" / "mstep")
+    estep = run_estep(replace(cfg, estep=replace(cfg.estep, model=str(mstep / "hf"), round=1,
+                                                 out_dir=str(run_dir / "round_01" / "estep"))))
+    round_1 = write_dataset(replace(cfg, write=replace(cfg.write, latents=[str(estep / "shard_*.jsonl")], round=1,
+                                                       model=str(mstep / "hf"), out_dir=str(run_dir / "round_01" / "data"))))
+    _mstep(cfg, round_1, run_dir / "round_01" / "mstep")
     print(f"demo results are in {run_dir.resolve()}")
+
+
+def _mstep(cfg: Config, data_dir: Path, out_dir: Path) -> Path:
+    """Train one round's M-step on `data_dir` (from the base model) and log its result."""
+    has_valid = json.loads((data_dir / "manifest.json").read_text())["splits"]["valid"]["documents"] > 0
+    out = train(replace(cfg, training=replace(
+        cfg.training, out_dir=str(out_dir), train_data=[DataSource(path=str(data_dir / "train"))],
+        valid_data=[DataSource(path=str(data_dir / "valid"))] if has_valid else [])))
+    done = json.loads((out / "done.json").read_text())
+    log.info("M-step %s: %d steps, validation loss %s, model in %s", out_dir.parent.name, done["steps"],
+             done["valid_loss"], out / "hf")
+    return out
     return run_dir

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -133,3 +136,20 @@ def trained_model(written_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("mstep") / "mstep"
     t = replace(cfg.training, out_dir=str(out), seq_length=128, max_steps=40, valid_data=[], save_every=40)
     return train(replace(cfg, training=t)) / "hf"
+
+
+def kill_9_when(nlt_args: list[str], ready, timeout: float = 300) -> None:
+    """Run `nlt ARGS` in a subprocess and SIGKILL it as soon as `ready()` holds.
+
+    Fails when the command ended by itself first (then the test would not test a kill).
+    """
+    with open(os.devnull, "w") as devnull, subprocess.Popen(
+            [sys.executable, "-m", "nemo_latent_thoughts.cli", *nlt_args], stdout=devnull,
+            stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"nlt {nlt_args[0]} ended before the kill: {stderr[-2000:]}"

@@ -1,15 +1,12 @@
 """`nlt estep`: shards, determinism, kill -9 resume, errors, and the writer consuming its output."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_9_when
 
 from nemo_latent_thoughts.config import to_yaml
 from nemo_latent_thoughts.data.prepare import read_chunks
@@ -69,15 +66,8 @@ def test_kill_9_then_rerun_gives_identical_shards(reference, written_run, traine
     cfg = estep_cfg(written_run, trained_model, tmp_path / "killed")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(to_yaml(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "nemo_latent_thoughts.cli", "estep", str(recipe)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "killed"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(out.glob(".parts/*/part_00001.jsonl")):
-        time.sleep(0.01)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the E-step finished before it could be killed"
+    kill_9_when(["estep", str(recipe)], lambda: bool(list(out.glob(".parts/*/part_00001.jsonl"))))
     assert not (out / "manifest.json").exists()
     run_estep(cfg)
     assert shard_bytes(out) == shard_bytes(reference)

@@ -1,13 +1,8 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+from conftest import kill_9_when, make_run
 
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import SyntheticConfig, to_yaml
@@ -68,16 +63,10 @@ def test_kill_9_mid_prepare_then_resume_gives_identical_shards(tmp_path, tokeniz
     docs = testing.generate_corpus(SyntheticConfig(num_docs=1500, seed=5))
     reference = prepare(make_run(tmp_path / "ref", docs, tokenizer_dir, "data.docs_per_shard=50"))
     cfg = make_run(tmp_path / "run", docs, tokenizer_dir, "data.docs_per_shard=50")
-    args = [sys.executable, "-m", "nemo_latent_thoughts.cli", "prepare", str(tmp_path / "run" / "config.yaml")]
-    (tmp_path / "run" / "config.yaml").write_text(to_yaml(cfg))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recipe = tmp_path / "run" / "config.yaml"
+    recipe.write_text(to_yaml(cfg))
     chunks_dir = Path(cfg.data.chunks_dir)
-    deadline = time.time() + 120
-    while len(list(chunks_dir.glob("chunks_*.jsonl"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "prepare finished before it could be killed"
+    kill_9_when(["prepare", str(recipe)], lambda: len(list(chunks_dir.glob("chunks_*.jsonl"))) >= 3)
     assert not (chunks_dir / "manifest.json").exists()
     prepare(cfg)
     assert shard_bytes(chunks_dir) == shard_bytes(reference)

@@ -2,15 +2,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import kill_9_when
 
 from nemo_latent_thoughts.config import DataSource, to_yaml
 from nemo_latent_thoughts.errors import NLTError
@@ -72,15 +72,8 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(written_run, tmp_path)
     cfg = training_cfg(written_run, tmp_path / "run", max_steps=200, save_every=20, log_every=5)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(to_yaml(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "nemo_latent_thoughts.cli", "train", str(recipe)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"))
     out = Path(cfg.training.out_dir)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (out / "checkpoints" / "step_0000040").exists():
-        time.sleep(0.01)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-2000:]
+    kill_9_when(["train", str(recipe)], lambda: (out / "checkpoints" / "step_0000040").exists())
     assert not (out / "done.json").exists()
     train(cfg)
     assert without_timing(metrics(out)) == without_timing(metrics(reference))

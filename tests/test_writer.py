@@ -1,15 +1,10 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPECIAL_STRINGS_DOC, make_run
+from conftest import SPECIAL_STRINGS_DOC, kill_9_when, make_run
 
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import SyntheticConfig, to_yaml
@@ -127,15 +122,8 @@ def test_kill_9_mid_write_then_rerun_gives_identical_files(tmp_path, tokenizer_d
     cfg.write.out_dir = str(tmp_path / "killed" / "data")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(to_yaml(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "nemo_latent_thoughts.cli", "write", str(recipe)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not any(
-            p.stat().st_size > 0 for p in (tmp_path / "killed").glob(".tmp-data-*/data/train.bin")):
-        time.sleep(0.005)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "write finished before it could be killed"
+    kill_9_when(["write", str(recipe)], lambda: any(
+        p.stat().st_size > 0 for p in (tmp_path / "killed").glob(".tmp-data-*/data/train.bin")))
     assert not Path(cfg.write.out_dir).exists()
     write_dataset(cfg)
     names = sorted(p.name for p in reference.iterdir() if p.name != "config.yaml")

@@ -202,7 +202,8 @@ class Trainer:
             if metrics and (done % self.t.log_every == 0 or "valid_loss" in record or done == self.steps):
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
-                log.debug("train: %s", record)
+                log.info("train: step %d/%d loss %.4f lr %.2e %.0f tokens/s%s", done, self.steps, loss, lr,
+                         record["tokens_per_s"], f" valid_loss {record['valid_loss']:.4f}" if "valid_loss" in record else "")
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
             if done % self.t.save_every == 0 or done == self.steps:
