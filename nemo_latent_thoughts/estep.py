@@ -42,22 +42,27 @@ def shard_output_name(index: int) -> str:
 
 def make_backend(cfg: Config, tokenizer):
     """The sampling/scoring backend of `cfg.estep`, checked against the tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
+
     e = cfg.estep
-    if e.backend == "trtllm":
-        raise NLTError("estep.backend=trtllm is not available yet; use estep.backend=hf")
-    from nemo_latent_thoughts.sampler.hf import HFBackend
-
-    backend = HFBackend(e.model, device=e.device, batch_size=e.batch_size, score_batch_size=e.score_batch_size)
-    if backend.vocab_size < len(tokenizer):
-        raise NLTError(f"estep.model '{e.model}' has {backend.vocab_size} embeddings but tokenizer "
+    if not Path(e.model, "config.json").is_file():
+        raise NLTError(f"estep.model '{e.model}' is not a Hugging Face model directory (no config.json); "
+                       "point it at an M-step's hf/ export")
+    vocab_size = AutoConfig.from_pretrained(e.model, local_files_only=True).vocab_size
+    if vocab_size < len(tokenizer):
+        raise NLTError(f"estep.model '{e.model}' has {vocab_size} embeddings but tokenizer "
                        f"'{cfg.tokenizer.path}' has {len(tokenizer)} tokens; they do not belong together")
-    from transformers import AutoTokenizer
-
     model_tokenizer = Path(e.model, "tokenizer_config.json")
     if model_tokenizer.exists() and AutoTokenizer.from_pretrained(e.model, local_files_only=True).get_vocab() != tokenizer.get_vocab():
         raise NLTError(f"estep.model '{e.model}' was saved with another tokenizer than '{cfg.tokenizer.path}'; "
                        "set tokenizer.path to the model's tokenizer")
-    return backend
+    if e.backend == "trtllm":
+        from nemo_latent_thoughts.sampler.trtllm import TRTLLMBackend
+
+        return TRTLLMBackend(e.model)
+    from nemo_latent_thoughts.sampler.hf import HFBackend
+
+    return HFBackend(e.model, device=e.device, batch_size=e.batch_size, score_batch_size=e.score_batch_size)
 
 
 def read_chunk_shard(path: Path) -> list[dict]:

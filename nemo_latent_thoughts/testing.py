@@ -26,9 +26,9 @@ from nemo_latent_thoughts.model.presets import PRESETS, ModelShape
 _VARIABLES = "abcdefghkmnpqrstuvwxyz"
 _BIND_OPENERS = ("Let", "Suppose", "Take", "Set")
 _RESULT_OPENERS = ("Then", "So", "Hence", "We get")
-_BIND_SENTENCE = re.compile(r"\b(?:Let|Suppose|Take|Set)\s+([^.]*)\.")
+_BIND_SENTENCE = re.compile(rf"\b(?:{'|'.join(_BIND_OPENERS)})\s+([^.]*)\.")
 _BINDING = re.compile(r"\b([a-z])\s*=\s*(-?\d+)\b")
-_RESULT = re.compile(r"\b(?:Then|So|Hence|We get)\s+([a-z0-9*+\-() ]+?)\s*=\s*(-?\d+)\.")
+_RESULT = re.compile(rf"\b(?:{'|'.join(_RESULT_OPENERS)})\s+([a-z0-9*+\-() ]+?)\s*=\s*(-?\d+)\.")
 _PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2}
 _SYMBOL = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: "*"}
 

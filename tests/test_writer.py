@@ -43,13 +43,7 @@ def test_indexed_datasets_hold_exactly_the_tokens(written_run, tokenizer):
     assert train["documents"] == len(docs["train"])
     assert train["chunks_with_latents"] == sum((c["doc_id"], c["chunk_idx"]) in latents for d in docs["train"] for c in d)
     assert manifest["token_dtype"] == "uint16" and manifest["tokenizer"]["special_token_ids"]["sol"] == ids.sol
-    assert manifest["inputs"]["latents"][0]["sha256"] == fileio_sha(cfg.write.latents[0])
-
-
-def fileio_sha(path):
-    from nemo_latent_thoughts.data.prepare import file_sha256
-
-    return file_sha256(Path(path))
+    assert manifest["inputs"]["latents"][0]["sha256"] == fileio.sha256(cfg.write.latents[0])
 
 
 def test_special_token_strings_in_raw_text_stay_text(written_run, tokenizer):

@@ -10,10 +10,11 @@ global seed: the same text always gives the same chunks, in whatever order or sh
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 
 import numpy as np
+
+from nemo_latent_thoughts.seeding import stable_seed
 
 _LINE = re.compile(r"[^\n]+")
 
@@ -46,8 +47,7 @@ def sentence_ends(text: str) -> list[int]:
 
 def document_rng(text: str, seed: int) -> np.random.Generator:
     """The chunking RNG of one document: seeded by its text and the global seed only."""
-    digest = int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "little")
-    return np.random.default_rng([seed, digest])
+    return np.random.default_rng([seed, stable_seed(text)])
 
 
 def chunk_text(text: str, seed: int, mean_sentences: float = 7.0, max_sentences: int = 20) -> list[str]:

@@ -11,7 +11,6 @@ the manifest last; a rerun skips finished shards and an identical plan, and refu
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -39,14 +38,6 @@ def shard_name(index: int) -> str:
     return f"chunks_{index:05d}.jsonl"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def chunk_records(doc: Document, cfg: DataConfig, seed: int) -> list[dict]:
     """The chunk records of one document."""
     chunks = chunk_text(doc.text, seed, cfg.mean_chunk_sentences, cfg.max_chunk_sentences)
@@ -61,7 +52,7 @@ def prepare(cfg: Config) -> Path:
     out = Path(data.chunks_dir)
     files = corpus_files(data.corpus)
     plan = {
-        "inputs": [{"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size} for p in files],
+        "inputs": [{"path": str(p), "sha256": fileio.sha256(p), "bytes": p.stat().st_size} for p in files],
         "settings": {k: getattr(data, k) for k in ("text_field", "id_field", "on_bad_record",
                                                     "mean_chunk_sentences", "max_chunk_sentences",
                                                     "context_chunks", "docs_per_shard")},

@@ -15,7 +15,6 @@ produces the raw-only baseline. The output directory appears atomically, manifes
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -28,8 +27,9 @@ from tqdm import tqdm
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.data.prepare import MANIFEST, file_sha256, read_chunks
+from nemo_latent_thoughts.data.prepare import MANIFEST, read_chunks
 from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.seeding import stable_seed
 from nemo_latent_thoughts.tokens import LatentTokenIds, encode_raw, latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def token_dtype(vocab_size: int) -> type:
 
 def is_valid_doc(doc_id: str, seed: int, valid_fraction: float) -> bool:
     """Deterministic split membership from a hash of the document id and the seed."""
-    digest = hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < valid_fraction
+    return stable_seed(seed, doc_id) / 2**63 < valid_fraction
 
 
 class _SplitWriter:
@@ -96,8 +95,8 @@ def write_dataset(cfg: Config) -> Path:
         raise NLTError(f"{chunks_dir}: no {MANIFEST}; run `nlt prepare` first (or finish it)")
     inputs = {
         "corpus": json.loads((chunks_dir / MANIFEST).read_text())["inputs"],
-        "chunks_manifest_sha256": file_sha256(chunks_dir / MANIFEST),
-        "latents": [{"path": str(p), "sha256": file_sha256(p)} for p in latent_files],
+        "chunks_manifest_sha256": fileio.sha256(chunks_dir / MANIFEST),
+        "latents": [{"path": str(p), "sha256": fileio.sha256(p)} for p in latent_files],
     }
     if (out / MANIFEST).exists():
         if json.loads((out / MANIFEST).read_text())["inputs"] != json.loads(json.dumps(inputs)):
@@ -231,6 +230,6 @@ def _document_batches(docs):
 def _tokenizer_info(path: str, tokenizer, ids: LatentTokenIds) -> dict:
     tokenizer_json = Path(path, "tokenizer.json")
     return {"path": str(path), "vocab_size": len(tokenizer),
-            "sha256": file_sha256(tokenizer_json) if tokenizer_json.exists() else None,
+            "sha256": fileio.sha256(tokenizer_json) if tokenizer_json.exists() else None,
             "special_token_ids": {"sol": ids.sol, "eol": ids.eol, "prior": ids.prior, "post": ids.post,
                                   "bos": ids.bos, "eos": ids.eos}}

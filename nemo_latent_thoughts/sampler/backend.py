@@ -7,9 +7,10 @@ the same model, never from a sampling engine's own log-probs (DESIGN.md 3.3).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Protocol, Sequence
+
+from nemo_latent_thoughts.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -44,5 +45,4 @@ class Backend(Protocol):
 
 def request_seed(seed: int, k: int) -> int:
     """The seed of sample `k` of a prompt whose seed is `seed` (63 bits, well mixed)."""
-    digest = hashlib.sha256(f"{seed}:{k}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return stable_seed(seed, k)

@@ -11,7 +11,6 @@ Backend-agnostic: any `Backend` (HF, TensorRT-LLM, or a closed-form table model 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from nemo_latent_thoughts.sampler import weights
 from nemo_latent_thoughts.sampler.backend import Backend
+from nemo_latent_thoughts.seeding import stable_seed
 from nemo_latent_thoughts.tokens import LatentTokenIds
 
 
@@ -51,8 +51,7 @@ class ChunkResult:
 
 def chunk_seed(seed: int, round_: int, doc_id: str, chunk_idx: int) -> int:
     """The sampling/resampling seed of one chunk: independent of batching, sharding and order."""
-    digest = hashlib.sha256(f"{seed}:{round_}:{doc_id}:{chunk_idx}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return stable_seed(seed, round_, doc_id, chunk_idx)
 
 
 def proposal_prompt(ids: LatentTokenIds, chunk: ChunkInput, max_tokens: int) -> list[int]:
