@@ -5,7 +5,7 @@
     nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
     nlt train recipe.yaml training.max_steps=100         # M-step on CPU
     nlt estep recipe.yaml estep.num_samples=4 --shard 0 --num-shards 8   # E-step, one array task
-    nlt demo                                             # the CPU demo on its embedded default
+    nlt demo recipes/demo_cpu.yaml                       # the CPU demo
 """
 
 from __future__ import annotations
@@ -20,61 +20,52 @@ from typing import Callable
 
 from nemo_latent_thoughts.errors import NLTError
 
-log = logging.getLogger("nlt")
-
-def _cmd_config(args) -> None:
+def _cmd_config(args, cfg) -> None:
     from nemo_latent_thoughts import config
 
     if args.docs:
         for key, typ, default, doc in config.field_docs(config.Config):
             print(f"{key}: {typ} = {default!r}\n    {doc}")
         return
-    print(config.to_yaml(config.load_config(args.config, args.overrides)), end="")
+    print(config.to_yaml(cfg), end="")
 
 
-def _cmd_demo(args) -> None:
-    from nemo_latent_thoughts import config, demo
+def _cmd_demo(args, cfg) -> None:
+    from nemo_latent_thoughts import demo
 
-    demo.run(config.load_config(args.config, args.overrides))
+    demo.run(cfg)
 
 
-def _cmd_prepare(args) -> None:
-    from nemo_latent_thoughts import config
+def _cmd_prepare(args, cfg) -> None:
     from nemo_latent_thoughts.data.prepare import prepare
 
-    print(f"chunks are in {prepare(config.load_config(args.config, args.overrides))}")
+    print(f"chunks are in {prepare(cfg)}")
 
 
-def _cmd_write(args) -> None:
-    from nemo_latent_thoughts import config
+def _cmd_write(args, cfg) -> None:
     from nemo_latent_thoughts.data.writer import write_dataset
 
-    print(f"data is in {write_dataset(config.load_config(args.config, args.overrides))}")
+    print(f"data is in {write_dataset(cfg)}")
 
 
-def _cmd_train(args) -> None:
-    from nemo_latent_thoughts import config
+def _cmd_train(args, cfg) -> None:
     from nemo_latent_thoughts.train.trainer import train
 
-    out = train(config.load_config(args.config, args.overrides))
+    out = train(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"training results are in {out}")
 
 
-def _cmd_export(args) -> None:
-    from nemo_latent_thoughts import config
+def _cmd_export(args, cfg) -> None:
     from nemo_latent_thoughts.train.trainer import export_checkpoint
 
-    cfg = config.load_config(args.config, args.overrides)
     print(f"Hugging Face model written to {export_checkpoint(cfg, args.checkpoint, args.out)}")
 
 
-def _cmd_estep(args) -> None:
-    from nemo_latent_thoughts import config
+def _cmd_estep(args, cfg) -> None:
     from nemo_latent_thoughts.estep import run_estep
 
-    out = run_estep(config.load_config(args.config, args.overrides), args.shard, args.num_shards)
-    print(f"E-step results are in {out}")
+    print(f"E-step results are in {run_estep(cfg, args.shard, args.num_shards)}")
 
 
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
@@ -122,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)
         args.config = None
     try:
-        args.func(args)
+        from nemo_latent_thoughts.config import load_config
+
+        args.func(args, load_config(args.config, args.overrides))
     except NLTError as e:
         if args.debug:
             raise
