@@ -2,6 +2,7 @@
 
     nlt config recipes/demo_cpu.yaml model.preset=tiny   # print the resolved config
     nlt prepare recipe.yaml data.corpus=[corpus.jsonl]   # corpus -> chunk shards
+    nlt teacher recipe.yaml teacher.fraction=0.1         # warm-start latents for 10% of chunks
     nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
     nlt train recipe.yaml training.max_steps=100         # M-step on CPU
     nlt estep recipe.yaml estep.num_samples=4 --shard 0 --num-shards 8   # E-step, one array task
@@ -48,6 +49,12 @@ def _cmd_write(args, cfg) -> None:
     print(f"data is in {write_dataset(cfg)}")
 
 
+def _cmd_teacher(args, cfg) -> None:
+    from nemo_latent_thoughts.teacher.run import LATENTS, run_teacher
+
+    print(f"teacher latents are in {run_teacher(cfg) / LATENTS}")
+
+
 def _cmd_train(args, cfg) -> None:
     from nemo_latent_thoughts.train.trainer import train
 
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
     _add(sub, "prepare", _cmd_prepare, "chunk a corpus into chunk shards (data.*)")
     _add(sub, "write", _cmd_write, "write chunks + latents as Megatron indexed data (write.*)")
+    _add(sub, "teacher", _cmd_teacher, "warm-start latents for a seeded subset of chunks (teacher.*)")
     _add(sub, "train", _cmd_train, "train the model on CPU (training.*); torchrun/srun for data parallel")
     export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
     export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")

@@ -201,6 +201,28 @@ class TrainingConfig:
 
 
 @dataclass(kw_only=True)
+class TeacherConfig:
+    """Warm-start latents from a teacher (`nlt teacher`)."""
+
+    kind: str = "program"
+    """program: the synthetic corpus's program teacher (an OpenAI-compatible server comes next)."""
+    fraction: float = 1.0
+    """Share of chunks that get a teacher latent (chosen by a hash of seed and chunk)."""
+    count: Optional[int] = None
+    """At most this many chunks (in corpus order among the chosen ones); unset: no cap."""
+    context_chunks: Optional[int] = None
+    """Preceding chunks shown to the teacher; unset: the whole text before the chunk."""
+    out_dir: str = "${run_dir}/round_00/teacher"
+    """Where latents.jsonl and manifest.json go."""
+
+    def check(self) -> None:
+        _require(self.kind in ("program",), "kind", "must be program (the only teacher so far)")
+        _require(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
+        _require(self.count is None or self.count >= 1, "count", "must be >= 1")
+        _require(self.context_chunks is None or self.context_chunks >= 0, "context_chunks", "must be >= 0")
+
+
+@dataclass(kw_only=True)
 class EStepConfig:
     """The E-step: K latents per chunk from the previous round's model (`nlt estep`)."""
 
@@ -256,6 +278,8 @@ class Config:
     """The model."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """The M-step trainer."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The warm-start teacher."""
     estep: EStepConfig = field(default_factory=EStepConfig)
     """The E-step sampler."""
 

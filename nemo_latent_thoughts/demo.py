@@ -17,28 +17,14 @@ from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.data.dataset import build_datasets
-from nemo_latent_thoughts.data.prepare import prepare, read_chunks
+from nemo_latent_thoughts.data.prepare import prepare
 from nemo_latent_thoughts.data.writer import write_dataset
 from nemo_latent_thoughts.estep import run_estep
+from nemo_latent_thoughts.teacher.run import LATENTS, run_teacher
 from nemo_latent_thoughts.train.trainer import train
 from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def program_teacher_latents(chunks_dir: Path, out: Path) -> Path:
-    """Latent JSONL for every prepared chunk, written by the program teacher."""
-    if not out.exists():
-        def records():
-            for doc in read_chunks(chunks_dir):
-                prefix = ""
-                for chunk in doc:
-                    latent = testing.program_teacher(prefix, chunk["text"])
-                    yield {"doc_id": chunk["doc_id"], "chunk_idx": chunk["chunk_idx"],
-                           "latent_text": latent, "source": "program_teacher"}
-                    prefix += chunk["text"]
-        log.info("teacher: wrote %d program-teacher latents to %s", fileio.write_jsonl(out, records()), out)
-    return out
 
 
 def run(cfg: Config) -> Path:
@@ -55,8 +41,8 @@ def run(cfg: Config) -> Path:
         testing.train_tokenizer(texts, tokenizer_dir, cfg.tokenizer.vocab_size)
         log.info("trained a %d-token BPE tokenizer in %s", cfg.tokenizer.vocab_size, tokenizer_dir)
 
-    chunks_dir = prepare(cfg)
-    latents = program_teacher_latents(chunks_dir, run_dir / "round_00" / "teacher" / "latents.jsonl")
+    prepare(cfg)
+    latents = run_teacher(cfg) / LATENTS
     raw_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(run_dir / "raw" / "data"))))
     data_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[str(latents)], model="program_teacher",
                                                         out_dir=str(run_dir / "round_00" / "data"))))

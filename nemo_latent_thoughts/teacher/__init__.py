@@ -1,0 +1,1 @@
+"""Warm-start latents from a teacher: a program (synthetic data) or, later, an LLM server."""
