@@ -16,13 +16,11 @@ from pathlib import Path
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
-from nemo_latent_thoughts.data.dataset import build_datasets
 from nemo_latent_thoughts.data.prepare import prepare
 from nemo_latent_thoughts.data.writer import write_dataset
 from nemo_latent_thoughts.estep import run_estep
 from nemo_latent_thoughts.teacher.run import LATENTS, run_teacher
 from nemo_latent_thoughts.train.trainer import train
-from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +41,10 @@ def run(cfg: Config) -> Path:
 
     prepare(cfg)
     latents = run_teacher(cfg) / LATENTS
-    raw_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(run_dir / "raw" / "data"))))
+    write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(run_dir / "raw" / "data"))))
     data_dir = write_dataset(replace(cfg, write=replace(cfg.write, latents=[str(latents)], model="program_teacher",
                                                         out_dir=str(run_dir / "round_00" / "data"))))
 
-    ids = latent_token_ids(load_tokenizer(tokenizer_dir))
-    seq = cfg.training.seq_length
-    for name, data in (("raw", raw_dir), ("latent-augmented", data_dir)):
-        windows, _ = build_datasets([(str(data / "train"), 1.0)], None, sequence_length=seq, seed=cfg.seed,
-                                    token_ids=ids, train_samples=None)
-        log.info("%s data: %d training windows of %d tokens per epoch", name, len(windows), seq)
     mstep = _mstep(cfg, data_dir, run_dir / "round_00" / "mstep")
     estep = run_estep(replace(cfg, estep=replace(cfg.estep, model=str(mstep / "hf"), round=1,
                                                  out_dir=str(run_dir / "round_01" / "estep"))))
@@ -60,6 +52,7 @@ def run(cfg: Config) -> Path:
                                                        model=str(mstep / "hf"), out_dir=str(run_dir / "round_01" / "data"))))
     _mstep(cfg, round_1, run_dir / "round_01" / "mstep")
     print(f"demo results are in {run_dir.resolve()}")
+    return run_dir
 
 
 def _mstep(cfg: Config, data_dir: Path, out_dir: Path) -> Path:
@@ -72,4 +65,3 @@ def _mstep(cfg: Config, data_dir: Path, out_dir: Path) -> Path:
     log.info("M-step %s: %d steps, validation loss %s, model in %s", out_dir.parent.name, done["steps"],
              done["valid_loss"], out / "hf")
     return out
-    return run_dir

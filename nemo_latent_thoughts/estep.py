@@ -25,8 +25,9 @@ from tqdm import tqdm
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.data.prepare import MANIFEST
+from nemo_latent_thoughts.data.prepare import MANIFEST, chunks_manifest
 from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
 from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
@@ -45,9 +46,7 @@ def make_backend(cfg: Config, tokenizer):
     from transformers import AutoConfig, AutoTokenizer
 
     e = cfg.estep
-    if not Path(e.model, "config.json").is_file():
-        raise NLTError(f"estep.model '{e.model}' is not a Hugging Face model directory (no config.json); "
-                       "point it at an M-step's hf/ export")
+    require_hf_dir(e.model, "estep.model")
     vocab_size = AutoConfig.from_pretrained(e.model, local_files_only=True).vocab_size
     if vocab_size < len(tokenizer):
         raise NLTError(f"estep.model '{e.model}' has {vocab_size} embeddings but tokenizer "
@@ -112,9 +111,7 @@ class EStep:
         self.cfg, self.e = cfg, cfg.estep
         self.out = Path(self.e.out_dir)
         chunks_dir = Path(cfg.data.chunks_dir)
-        if not (chunks_dir / MANIFEST).is_file():
-            raise NLTError(f"{chunks_dir}: no {MANIFEST}; run `nlt prepare` first (or finish it)")
-        self.chunk_shards = [chunks_dir / s["name"] for s in json.loads((chunks_dir / MANIFEST).read_text())["shards"]]
+        self.chunk_shards = [chunks_dir / s["name"] for s in chunks_manifest(chunks_dir)["shards"]]
         self.tokenizer = load_tokenizer(cfg.tokenizer.path)
         self.ids = latent_token_ids(self.tokenizer)
         self.backend = make_backend(cfg, self.tokenizer)

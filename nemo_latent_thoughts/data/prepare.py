@@ -90,13 +90,18 @@ def prepare(cfg: Config) -> Path:
     return out
 
 
+def chunks_manifest(chunks_dir: str | Path) -> dict:
+    """The manifest of a finished `nlt prepare`; a one-line error when there is none."""
+    manifest = Path(chunks_dir) / MANIFEST
+    if not manifest.is_file():
+        raise NLTError(f"{chunks_dir}: no {MANIFEST}; run `nlt prepare` first (or finish it)")
+    return json.loads(manifest.read_text())
+
+
 def read_chunks(chunks_dir: str | Path) -> Iterator[list[dict]]:
     """The prepared chunks, one list per document, in corpus order."""
     chunks_dir = Path(chunks_dir)
-    manifest = chunks_dir / MANIFEST
-    if not manifest.is_file():
-        raise NLTError(f"{chunks_dir}: no {MANIFEST}; run `nlt prepare` first (or finish it)")
-    for shard in json.loads(manifest.read_text())["shards"]:
+    for shard in chunks_manifest(chunks_dir)["shards"]:
         with open(chunks_dir / shard["name"], encoding="utf-8") as f:
             records = map(json.loads, f)
             for _, doc in itertools.groupby(records, key=lambda r: r["doc_id"]):

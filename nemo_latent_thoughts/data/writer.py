@@ -27,7 +27,7 @@ from tqdm import tqdm
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.data.prepare import MANIFEST, read_chunks
+from nemo_latent_thoughts.data.prepare import MANIFEST, chunks_manifest, read_chunks
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.seeding import stable_seed
 from nemo_latent_thoughts.tokens import LatentTokenIds, encode_raw, latent_token_ids, load_tokenizer
@@ -91,10 +91,8 @@ def write_dataset(cfg: Config) -> Path:
     out = Path(w.out_dir)
     chunks_dir = Path(cfg.data.chunks_dir)
     latent_files = _latent_files(w.latents)
-    if not (chunks_dir / MANIFEST).is_file():
-        raise NLTError(f"{chunks_dir}: no {MANIFEST}; run `nlt prepare` first (or finish it)")
     inputs = {
-        "corpus": json.loads((chunks_dir / MANIFEST).read_text())["inputs"],
+        "corpus": chunks_manifest(chunks_dir)["inputs"],
         "chunks_manifest_sha256": fileio.sha256(chunks_dir / MANIFEST),
         "latents": [{"path": str(p), "sha256": fileio.sha256(p)} for p in latent_files],
     }

@@ -136,14 +136,18 @@ def export_hf(state: dict[str, torch.Tensor], shape: ModelShape, tokenizer, out_
     return out_dir
 
 
+def require_hf_dir(model_dir: str | Path, setting: str) -> None:
+    """A one-line error unless `model_dir` is a Hugging Face model directory (has config.json)."""
+    if not Path(model_dir, "config.json").is_file():
+        raise NLTError(f"{setting} '{model_dir}' is not a Hugging Face model directory (no config.json); "
+                       "point it at an M-step's hf/ export or another Llama checkpoint directory")
+
+
 def import_hf(model_dir: str | Path, seq_length: int | None = None) -> tuple[dict[str, torch.Tensor], ModelShape]:
     """Read a Hugging Face Llama directory (safetensors or bin) as a megatron state dict + shape."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise NLTError(f"'{model_dir}' is not a Hugging Face model directory (no config.json); "
-                       "set training.init_from to one")
+    require_hf_dir(model_dir, "training.init_from")
     shape = shape_from_hf_config(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), seq_length)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, torch_dtype=torch.float32)
     return hf_to_megatron(model.state_dict(), shape), shape

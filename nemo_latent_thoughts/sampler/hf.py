@@ -15,7 +15,6 @@ from typing import Sequence
 
 import torch
 
-from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.sampler.backend import Sample, request_seed
 
 
@@ -33,9 +32,9 @@ class HFBackend:
                  batch_size: int = 32, score_batch_size: int = 16):
         from transformers import AutoModelForCausalLM
 
-        if not Path(model_dir, "config.json").is_file():
-            raise NLTError(f"estep.model '{model_dir}' is not a Hugging Face model directory (no config.json); "
-                           "point it at an M-step's hf/ export")
+        from nemo_latent_thoughts.model.convert import require_hf_dir
+
+        require_hf_dir(model_dir, "estep.model")
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True,
                                                           dtype=dtype).to(device).eval()
         self.device = torch.device(device)
