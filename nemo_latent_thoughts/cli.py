@@ -52,7 +52,11 @@ def _cmd_write(args, cfg) -> None:
 def _cmd_teacher(args, cfg) -> None:
     from nemo_latent_thoughts.teacher.run import LATENTS, run_teacher
 
-    print(f"teacher latents are in {run_teacher(cfg) / LATENTS}")
+    out = run_teacher(cfg, batch_write=args.batch_write, batch_read=args.batch_read)
+    if args.batch_write:
+        print(f"Batch API request files are in {out}; upload them, then `nlt teacher ... --batch-read OUTPUT.jsonl`")
+    else:
+        print(f"teacher latents are in {out / LATENTS}")
 
 
 def _cmd_train(args, cfg) -> None:
@@ -95,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
     _add(sub, "prepare", _cmd_prepare, "chunk a corpus into chunk shards (data.*)")
     _add(sub, "write", _cmd_write, "write chunks + latents as Megatron indexed data (write.*)")
-    _add(sub, "teacher", _cmd_teacher, "warm-start latents for a seeded subset of chunks (teacher.*)")
+    teacher = _add(sub, "teacher", _cmd_teacher, "warm-start latents for a seeded subset of chunks (teacher.*)")
+    teacher.add_argument("--batch-write", metavar="DIR", help="write OpenAI Batch API request files instead")
+    teacher.add_argument("--batch-read", metavar="FILE", action="append", default=[],
+                         help="a Batch API output file to answer from (repeatable; then no live requests)")
     _add(sub, "train", _cmd_train, "train the model on CPU (training.*); torchrun/srun for data parallel")
     export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
     export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")

@@ -202,10 +202,11 @@ class TrainingConfig:
 
 @dataclass(kw_only=True)
 class TeacherConfig:
-    """Warm-start latents from a teacher (`nlt teacher`)."""
+    """Warm-start latents from a teacher (`nlt teacher`): a program or an OpenAI-compatible server."""
 
     kind: str = "program"
-    """program: the synthetic corpus's program teacher (an OpenAI-compatible server comes next)."""
+    """program: the synthetic corpus's program teacher; openai: any OpenAI-compatible
+    chat-completions server (OpenAI, vLLM, trtllm-serve, NIM)."""
     fraction: float = 1.0
     """Share of chunks that get a teacher latent (chosen by a hash of seed and chunk)."""
     count: Optional[int] = None
@@ -213,13 +214,55 @@ class TeacherConfig:
     context_chunks: Optional[int] = None
     """Preceding chunks shown to the teacher; unset: the whole text before the chunk."""
     out_dir: str = "${run_dir}/round_00/teacher"
-    """Where latents.jsonl and manifest.json go."""
+    """Where latents.jsonl, manifest.json and the response cache (cache.sqlite) go."""
+    base_url: str = "https://api.openai.com/v1"
+    """openai: the server's base URL (requests go to BASE_URL/chat/completions)."""
+    model: str = "gpt-4o-mini"
+    """openai: the model name sent with each request (paper: gpt-4o-mini)."""
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    """openai: name of the environment variable holding the API key (the key itself is never
+    written anywhere); unset: send no key (local servers)."""
+    temperature: float = 0.7
+    """openai: sampling temperature (paper: 0.7)."""
+    max_tokens: int = 6000
+    """openai: completion token limit per request (paper: 6000); an answer cut there is rejected."""
+    max_latent_chars: int = 30000
+    """Answers longer than this many characters are rejected (counted as too_long)."""
+    prompt_template: Optional[str] = None
+    """openai: a text file with {prefix} and {suffix} placeholders; unset: the shipped
+    nemo_latent_thoughts/teacher/prompts/warmstart.txt."""
+    concurrency: int = 64
+    """openai: requests in flight at once."""
+    timeout_s: float = 300.0
+    """openai: seconds before one request attempt times out (then it is retried)."""
+    max_retries: int = 8
+    """openai: retries of one request after 429, 5xx, timeouts, broken or malformed responses."""
+    backoff_s: float = 1.0
+    """openai: first retry delay; it doubles each retry (with jitter) up to max_backoff_s, and a
+    server's Retry-After takes precedence."""
+    max_backoff_s: float = 60.0
+    """openai: longest delay between retries."""
+    price_prompt_per_mtok: float = 0.0
+    """US dollars per million prompt tokens, for the cost report (gpt-4o-mini: 0.15)."""
+    price_completion_per_mtok: float = 0.0
+    """US dollars per million completion tokens, for the cost report (gpt-4o-mini: 0.60)."""
+    batch_discount: float = 0.5
+    """Price factor of answers that came through the Batch API (OpenAI: half price)."""
 
     def check(self) -> None:
-        _require(self.kind in ("program",), "kind", "must be program (the only teacher so far)")
+        _require(self.kind in ("program", "openai"), "kind", "must be program or openai")
         _require(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         _require(self.count is None or self.count >= 1, "count", "must be >= 1")
         _require(self.context_chunks is None or self.context_chunks >= 0, "context_chunks", "must be >= 0")
+        _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http:// or https://")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _at_least(self, 1, "max_tokens", "max_latent_chars", "concurrency")
+        _at_least(self, 0, "max_retries")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(0 <= self.backoff_s <= self.max_backoff_s, "backoff_s", "must be in [0, max_backoff_s]")
+        _require(self.price_prompt_per_mtok >= 0 and self.price_completion_per_mtok >= 0, "price_prompt_per_mtok",
+                 "prices must be >= 0")
+        _require(0 < self.batch_discount <= 1, "batch_discount", "must be in (0, 1]")
 
 
 @dataclass(kw_only=True)
