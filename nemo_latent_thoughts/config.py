@@ -30,6 +30,10 @@ T = TypeVar("T")
 class SyntheticConfig:
     """The synthetic "compressed reasoning" corpus (see `nemo_latent_thoughts.testing`)."""
 
+    enabled: bool = True
+    """`nlt em run` generates the corpus (data.corpus[0]), its tokenizer and held-out eval data
+    when missing; set false for a real corpus."""
+
     num_docs: int = 200
     """Documents to generate."""
     min_problems: int = 6
@@ -302,6 +306,75 @@ class EStepConfig:
 
 
 @dataclass(kw_only=True)
+class EvalConfig:
+    """Few-shot chain-of-thought evaluation and held-out ELBO of one model (`nlt eval`)."""
+
+    model: str = "${run_dir}/round_00/mstep/hf"
+    """Hugging Face directory of the model to evaluate."""
+    out_dir: str = "${run_dir}/round_00/eval"
+    """Where predictions_*.jsonl and summary.json go."""
+    data: list[str] = field(default_factory=lambda: ["${run_dir}/eval_data/test.jsonl"])
+    """Evaluation files: GSM8K-format JSONL (question, answer ending `#### N`) or MATH-format JSONL
+    (problem, solution with \\boxed{}); the format is detected per file."""
+    shots: Optional[str] = "${run_dir}/eval_data/shots.jsonl"
+    """Pool of few-shot exemplars (same formats); each seed draws its own num_shots; unset: zero-shot."""
+    num_shots: int = 2
+    """Exemplars per prompt (GSM8K CoT uses 8; the tiny CPU model's context fits 2)."""
+    modes: list[str] = field(default_factory=lambda: ["plain", "latent"])
+    """plain: question then answer; latent: each answer is preceded by SOL PRIOR thought EOL."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One evaluation per seed (each draws different exemplars); mean and spread are reported."""
+    max_examples: Optional[int] = None
+    """Evaluate only the first N examples of each file; unset: all."""
+    on_bad_record: str = "error"
+    """error: stop at a record with missing fields or no parsable answer; skip: count and skip it."""
+    max_new_tokens: int = 128
+    """Longest generated answer (thought included)."""
+    max_prompt_tokens: int = 1024
+    """Prompts are left-truncated to this many tokens (keep within the model's training length)."""
+    batch_size: int = 16
+    """Prompts decoded together."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    elbo_corpus: Optional[str] = "${run_dir}/eval_data/heldout.jsonl"
+    """Held-out documents (JSONL with a text field) for the ELBO per raw token; unset: no ELBO."""
+    elbo_chunks: int = 64
+    """Held-out chunks scored for the ELBO (K = estep.num_samples latents each)."""
+
+    def check(self) -> None:
+        _require(bool(self.data), "data", "needs at least one evaluation file")
+        _require(bool(self.modes) and set(self.modes) <= {"plain", "latent"}, "modes",
+                 "must be a non-empty subset of [plain, latent]")
+        _require(bool(self.seeds), "seeds", "needs at least one seed")
+        _require(self.on_bad_record in ("error", "skip"), "on_bad_record", "must be error or skip")
+        _require(self.max_examples is None or self.max_examples >= 1, "max_examples", "must be >= 1")
+        _at_least(self, 0, "num_shots", "elbo_chunks")
+        _at_least(self, 1, "max_new_tokens", "max_prompt_tokens", "batch_size")
+
+
+@dataclass(kw_only=True)
+class EMConfig:
+    """The EM driver (`nlt em run`): warm start, rounds of E-step + M-step, baselines, eval, report."""
+
+    num_rounds: int = 2
+    """EM rounds after the warm start (round 0): rounds 1..num_rounds each run an E-step."""
+    run_mstep: bool = True
+    """Train each round here (the CPU trainer); false: write round_NN/recipe.yaml and stop there,
+    for a cluster to run it (rerun `nlt em run` once its mstep/hf exists)."""
+    baselines: list[str] = field(default_factory=lambda: ["raw_tokens", "flops"])
+    """Raw-data baselines trained by the same recipe: raw_tokens (as many raw tokens as the final
+    round's model saw) and flops (as many tokens, hence FLOPs, as each round's model)."""
+    eval: bool = True
+    """Evaluate every round's model and the baselines (eval.*)."""
+    synthetic_eval_examples: int = 100
+    """On the synthetic corpus: held-out test questions generated into run_dir/eval_data."""
+
+    def check(self) -> None:
+        _at_least(self, 1, "num_rounds", "synthetic_eval_examples")
+        _require(set(self.baselines) <= {"raw_tokens", "flops"}, "baselines", "must be a subset of [raw_tokens, flops]")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole run: every stage reads its section from one recipe file."""
 
@@ -325,6 +398,10 @@ class Config:
     """The warm-start teacher."""
     estep: EStepConfig = field(default_factory=EStepConfig)
     """The E-step sampler."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    em: EMConfig = field(default_factory=EMConfig)
+    """The EM driver."""
 
 
 class _CheckFailed(ValueError):
