@@ -318,6 +318,9 @@ class EvalConfig:
     (problem, solution with \\boxed{}); the format is detected per file."""
     shots: Optional[str] = "${run_dir}/eval_data/shots.jsonl"
     """Pool of few-shot exemplars (same formats); each seed draws its own num_shots; unset: zero-shot."""
+    template: str = "qa"
+    """qa: `Question: ... Answer:` (GSM8K/MATH); statement: the synthetic corpus's own style
+    (`CONTEXT Then EXPR =`), for questions `CONTEXT What is EXPR?` (see eval/prompts.py)."""
     num_shots: int = 2
     """Exemplars per prompt (GSM8K CoT uses 8; the tiny CPU model's context fits 2)."""
     modes: list[str] = field(default_factory=lambda: ["plain", "latent"])
@@ -347,6 +350,7 @@ class EvalConfig:
                  "must be a non-empty subset of [plain, latent]")
         _require(bool(self.seeds), "seeds", "needs at least one seed")
         _require(self.on_bad_record in ("error", "skip"), "on_bad_record", "must be error or skip")
+        _require(self.template in ("qa", "statement"), "template", "must be qa or statement")
         _require(self.max_examples is None or self.max_examples >= 1, "max_examples", "must be >= 1")
         _at_least(self, 0, "num_shots", "elbo_chunks")
         _at_least(self, 1, "max_new_tokens", "max_prompt_tokens", "batch_size")

@@ -92,6 +92,24 @@ def test_prompts_in_plain_and_latent_mode(tokenizer):
     assert answer_text(tokenizer, ids, answer, "plain") == ("", "The answer is 6.")
 
 
+def test_statement_template_speaks_the_synthetic_corpus_style(tokenizer):
+    ids = latent_token_ids(tokenizer)
+    shot = EvalItem("Let a = 2 and b = 3. What is a*b?", "a*b = 2*3 = 6.", "6", "gsm8k", "x:1")
+    item = EvalItem("Take c = 4. What is c + c?", "", "8", "gsm8k", "x:2")
+    plain = prompt_ids(tokenizer, ids, [shot], item, "plain", 1000, "statement")
+    assert tokenizer.decode(plain[1:]) == "Let a = 2 and b = 3. Then a*b = 6. Take c = 4. Then c + c ="
+    latent = prompt_ids(tokenizer, ids, [shot], item, "latent", 1000, "statement")
+    assert tokenizer.decode(latent[1:], skip_special_tokens=True) == (
+        "Let a = 2 and b = 3.a*b = 2*3 = 6. Then a*b = 6. Take c = 4.c + c =")
+    assert latent.count(ids.prior) == 2 and latent[-len(tokenizer.encode("c + c =", add_special_tokens=False)) - 1] == ids.prior
+    generated = tokenizer.encode(" 4 + 4 = 8.", add_special_tokens=False) + [ids.eol] + tokenizer.encode(
+        " Then c + c = 8. Let d = 1.", add_special_tokens=False)
+    assert answer_text(tokenizer, ids, generated, "latent", "statement") == ("4 + 4 = 8.", "Then c + c = 8")
+    assert is_correct(item, "Then c + c = 8") and not is_correct(item, "Then c + c = 9")
+    with pytest.raises(NLTError, match="x:1: the statement template needs questions 'CONTEXT What is EXPR\\?'"):
+        prompt_ids(tokenizer, ids, [], EvalItem("How many?", "", "1", "gsm8k", "x:1"), "plain", 100, "statement")
+
+
 def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
     cfg, _, _ = written_run
     fileio.write_jsonl(tmp_path / "test.jsonl", testing.synthetic_eval_items(6, 11))
@@ -102,6 +120,10 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
                 elbo_corpus=str(tmp_path / "heldout.jsonl"), elbo_chunks=3)
     run_cfg = replace(cfg, eval=e, estep=replace(cfg.estep, num_samples=2, max_new_tokens=8))
     out = run_eval(run_cfg)
+    statement = run_eval(replace(run_cfg, eval=replace(e, template="statement", out_dir=str(tmp_path / "st"),
+                                                       elbo_corpus=None)))
+    first = json.loads((statement / "predictions_test_plain_seed0.jsonl").open().readline())
+    assert "." not in first["prediction"] and first["graded_on"] == "answer"
     summary = json.loads((out / "summary.json").read_text())
     test = summary["files"]["test"]
     assert test["examples"] == 6 and set(test["plain"]["per_seed"]) == {"0", "1"}

@@ -39,7 +39,7 @@ SUMMARY = "summary.json"
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
-             batch_size: int) -> list[list[int]]:
+             stop_text: str, batch_size: int) -> list[list[int]]:
     """Greedy continuations (left-padded batches), cut at the first stop id."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     outputs = []
@@ -51,7 +51,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, st
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, eos_token_id=stop_ids, pad_token_id=pad,
-                                 stop_strings=[STOP_TEXT], tokenizer=tokenizer)
+                                 stop_strings=[stop_text], tokenizer=tokenizer)
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
             outputs.append(row[:cut])
@@ -155,14 +155,15 @@ def run_eval(cfg: Config) -> Path:
 def _evaluate(model, tokenizer, ids, shots: list[EvalItem], items: list[EvalItem], mode: str, part: Path,
               cfg: Config) -> None:
     e = cfg.eval
-    prompts = [prompt_ids(tokenizer, ids, shots, item, mode, e.max_prompt_tokens) for item in items]
+    prompts = [prompt_ids(tokenizer, ids, shots, item, mode, e.max_prompt_tokens, e.template) for item in items]
     generated: list[list[int]] = []
     for start in tqdm(range(0, len(prompts), e.batch_size), desc=f"eval {part.stem}", unit="batch", mininterval=1.0):
         generated += generate(model, tokenizer, prompts[start:start + e.batch_size], e.max_new_tokens,
-                              [ids.eos, ids.sol], e.batch_size)
+                              [ids.eos, ids.sol], STOP_TEXT[e.template] if mode == "plain" else STOP_TEXT["qa"],
+                              e.batch_size)
     records = []
     for item, tokens in zip(items, generated):
-        thought, answer = answer_text(tokenizer, ids, tokens, mode)
+        thought, answer = answer_text(tokenizer, ids, tokens, mode, e.template)
         graded_on = "answer" if has_answer(answer) or not thought else "thought"
         records.append({"where": item.where, "question": item.question, "gold": item.answer, "thought": thought,
                         "prediction": answer, "graded_on": graded_on,
