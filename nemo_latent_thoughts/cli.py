@@ -7,6 +7,8 @@
     nlt train recipe.yaml training.max_steps=100         # M-step on CPU
     nlt estep recipe.yaml estep.num_samples=4 --shard 0 --num-shards 8   # E-step, one array task
     nlt demo recipes/demo_cpu.yaml                       # the CPU demo
+    nlt mstep-nemo round_01/recipe.yaml --dryrun         # the round's M-step as a NeMo recipe
+    nlt export-nemo round_01/recipe.yaml                 # its NeMo checkpoint -> Hugging Face (E-step)
 """
 
 from __future__ import annotations
@@ -75,6 +77,22 @@ def _cmd_estep(args, cfg) -> None:
     print(f"E-step results are in {run_estep(cfg, args.shard, args.num_shards)}")
 
 
+def _cmd_mstep_nemo(args, cfg) -> None:
+    from nemo_latent_thoughts.optional import require
+
+    require("nemo.collections.llm", "nlt mstep-nemo")
+    from nemo_latent_thoughts.nemo.mstep import run_mstep
+
+    out = run_mstep(cfg, args.factory, dryrun=args.dryrun, num_gpus=args.gpus)
+    print(f"NeMo M-step {'would write' if args.dryrun else 'results are in'} {out}")
+
+
+def _cmd_export_nemo(args, cfg) -> None:
+    from nemo_latent_thoughts.nemo.export import export_nemo_checkpoint
+
+    print(f"Hugging Face model written to {export_nemo_checkpoint(cfg, args.checkpoint, args.out)}")
+
+
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("config", nargs=None if config_required else "?",
@@ -104,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
     estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")
     _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
+    mstep_nemo = _add(sub, "mstep-nemo", _cmd_mstep_nemo, "run a round's M-step (training.*) through a NeMo recipe")
+    mstep_nemo.add_argument("--factory", help="llm.pretrain factory (default: the one of model.preset)")
+    mstep_nemo.add_argument("--dryrun", action="store_true", help="print the NeMo recipe; run nothing")
+    mstep_nemo.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (torchrun when > 1)")
+    export_nemo = _add(sub, "export-nemo", _cmd_export_nemo, "export a NeMo M-step checkpoint as a Hugging Face directory")
+    export_nemo.add_argument("--checkpoint", type=Path, help="NeMo checkpoint directory (default: newest under "
+                             "training.out_dir/nemo)")
+    export_nemo.add_argument("--out", type=Path, help="output directory (default: training.out_dir/hf)")
     return parser
 
 
