@@ -8,6 +8,7 @@ step budget (-> trainer.max_steps), learning-rate schedule, evaluation, checkpoi
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -77,15 +78,20 @@ def round_recipe(cfg: Config, factory: Optional[str] = None, num_nodes: int = 1,
     return recipe
 
 
-def run_mstep(cfg: Config, factory: Optional[str] = None, *, dryrun: bool = False, num_gpus: int = 1) -> Path:
-    """Run (or with `dryrun` print) the round's NeMo M-step on this machine; returns NeMo's log dir."""
-    recipe = round_recipe(cfg, factory, num_gpus_per_node=num_gpus)
+def run_mstep(cfg: Config, factory: Optional[str] = None, *, dryrun: bool = False, num_nodes: int = 1,
+              num_gpus: int = 1) -> Path:
+    """Run (or with `dryrun` print) the round's NeMo M-step; returns NeMo's log dir.
+
+    Under `srun` (one task per GPU, as `nlt launch mstep` starts it) every task runs the recipe in
+    process and Lightning takes ranks from Slurm; elsewhere more than one GPU goes through torchrun.
+    """
+    recipe = round_recipe(cfg, factory, num_nodes=num_nodes, num_gpus_per_node=num_gpus)
     out = Path(cfg.training.out_dir) / NEMO_DIR
     if dryrun:
         run.dryrun_fn(recipe)
         return out
-    executor = run.LocalExecutor(ntasks_per_node=num_gpus, launcher="torchrun" if num_gpus > 1 else None)
-    log.info("mstep-nemo: %d steps of %s into %s", recipe.trainer.max_steps, recipe.model.config.__fn_or_cls__.__name__,
-             out)
-    run.run(recipe, executor=executor, name="mstep", direct=num_gpus == 1)
+    direct = num_gpus == 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    log.info("mstep-nemo: %d steps of %s into %s", recipe.trainer.max_steps, cfg.model.preset, out)
+    run.run(recipe, executor=None if direct else run.LocalExecutor(ntasks_per_node=num_gpus, launcher="torchrun"),
+            name="mstep", direct=direct)
     return out
