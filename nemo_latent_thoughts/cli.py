@@ -10,6 +10,9 @@
     nlt em run recipes/demo_cpu.yaml                     # the whole EM run (the CPU demo), resumable
     nlt em status runs/demo                              # what is done, running, pending
     nlt report runs/demo                                 # rebuild report.md + report.png
+    nlt mstep-nemo round_01/recipe.yaml --dryrun         # the round's M-step as a NeMo recipe
+    nlt export-nemo round_01/recipe.yaml                 # its NeMo checkpoint -> Hugging Face (E-step)
+    nlt launch estep recipe.yaml --cluster examples/cluster_slurm.yaml --dryrun   # Slurm via NeMo-Run
 """
 
 from __future__ import annotations
@@ -105,6 +108,49 @@ def _cmd_estep(args, cfg) -> None:
     print(f"E-step results are in {run_estep(cfg, args.shard, args.num_shards)}")
 
 
+def _cmd_mstep_nemo(args, cfg) -> None:
+    from nemo_latent_thoughts.optional import require
+
+    require("nemo.collections.llm", "nlt mstep-nemo")
+    from nemo_latent_thoughts.nemo.mstep import run_mstep
+
+    out = run_mstep(cfg, args.factory, dryrun=args.dryrun, num_nodes=args.nodes, num_gpus=args.gpus)
+    print(f"NeMo M-step {'would write' if args.dryrun else 'results are in'} {out}")
+
+
+def _cmd_export_nemo(args, cfg) -> None:
+    from nemo_latent_thoughts.nemo.export import export_nemo_checkpoint
+
+    print(f"Hugging Face model written to {export_nemo_checkpoint(cfg, args.checkpoint, args.out)}")
+
+
+def _cmd_launch(args, cfg) -> None:
+    from nemo_latent_thoughts.config import load_config
+    from nemo_latent_thoughts.launch import sacct, slurm
+    from nemo_latent_thoughts.launch.cluster import ClusterConfig
+    from nemo_latent_thoughts.optional import require
+
+    require("nemo_run", "nlt launch")
+    cluster = load_config(args.cluster, args.cluster_overrides, schema=ClusterConfig)
+    recipe = slurm.require_recipe_file(args.config)
+    launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
+    sub = launch(cfg, recipe, cluster, dryrun=args.dryrun)
+    if sub is None:
+        print(f"{args.job}: complete; nothing to submit")
+        return
+    if args.dryrun:
+        print(f"# {args.job}: sbatch script (dry run, not submitted)\n{sub.script}", end="")
+        return
+    print(f"{args.job}: submitted job {sub.job_id}" + (f" (array {sub.array})" if sub.array else ""))
+    if args.wait:
+        rows = sacct.wait(sub.job_id, cluster.poll_seconds)
+        print(f"{args.job}: job {sub.job_id} ended: " + ", ".join(f"{k} {v}" for k, v in sorted(rows.items())))
+        failed = {k: v for k, v in rows.items() if v != "COMPLETED"}
+        if failed:
+            raise NLTError(f"{args.job}: job {sub.job_id}: {len(failed)} of {len(rows)} tasks did not complete "
+                           f"({', '.join(sorted(set(failed.values())))}); rerun the same `nlt launch` to resume")
+
+
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("config", nargs=None if config_required else "?",
@@ -148,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
         p = (em_sub if name == "status" else sub).add_parser(name, help=help, description=help)
         p.add_argument("run_dir", type=Path, help="the run directory (its config.yaml describes the run)")
         p.set_defaults(func=func, no_config=True)
+    mstep_nemo = _add(sub, "mstep-nemo", _cmd_mstep_nemo, "run a round's M-step (training.*) through a NeMo recipe")
+    mstep_nemo.add_argument("--factory", help="llm.pretrain factory (default: the one of model.preset)")
+    mstep_nemo.add_argument("--dryrun", action="store_true", help="print the NeMo recipe; run nothing")
+    mstep_nemo.add_argument("--gpus", type=int, default=1, help="GPUs per node (torchrun when > 1 outside srun)")
+    mstep_nemo.add_argument("--nodes", type=int, default=1, help="nodes (under srun: one task per GPU)")
+    export_nemo = _add(sub, "export-nemo", _cmd_export_nemo, "export a NeMo M-step checkpoint as a Hugging Face directory")
+    export_nemo.add_argument("--checkpoint", type=Path, help="NeMo checkpoint directory (default: newest under "
+                             "training.out_dir/nemo)")
+    export_nemo.add_argument("--out", type=Path, help="output directory (default: training.out_dir/hf)")
+    launch = sub.add_parser("launch", help="submit the M-step or the E-step array to Slurm (NeMo-Run)",
+                            description="submit the M-step (multi-node) or the E-step (job array) to Slurm")
+    launch.add_argument("job", choices=["mstep", "estep"], help="what to launch")
+    launch.add_argument("config", help="recipe YAML the jobs run (e.g. round_01/recipe.yaml)")
+    launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="overrides used here only (to plan the launch); jobs read the file")
+    launch.add_argument("--cluster", required=True, help="cluster YAML (examples/cluster_*.yaml)")
+    launch.add_argument("-C", dest="cluster_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")
+    launch.add_argument("--dryrun", action="store_true", help="print the sbatch script; submit nothing")
+    launch.add_argument("--wait", action="store_true", help="wait until the job (every array task) has ended")
+    launch.set_defaults(func=_cmd_launch)
     return parser
 
 

@@ -1,0 +1,67 @@
+"""The cluster YAML of `nlt launch`: where and how jobs run (examples/cluster_*.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from nemo_latent_thoughts.config import _at_least, _require
+
+
+@dataclass(kw_only=True)
+class JobResources:
+    """Resources of one kind of job."""
+
+    nodes: int = 1
+    """Nodes of the job (M-step: data-parallel over all of them; E-step: per array task)."""
+    tasks_per_node: int = 1
+    """Processes per node (M-step: one per GPU)."""
+    gpus_per_node: Optional[int] = None
+    """GPUs per node to request (--gpus-per-node); unset: none."""
+    cpus_per_task: Optional[int] = None
+    """CPUs per process (--cpus-per-task); unset: Slurm's default."""
+    time: str = "04:00:00"
+    """Wall-clock limit (--time)."""
+
+    def check(self) -> None:
+        _at_least(self, 1, "nodes", "tasks_per_node")
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """A Slurm cluster and the jobs `nlt launch` submits to it (through NeMo-Run's SlurmExecutor)."""
+
+    account: str
+    """Slurm account (--account)."""
+    partition: Optional[str] = None
+    """Slurm partition (--partition); unset: the cluster's default."""
+    container_image: Optional[str] = None
+    """Container image (pyxis/enroot --container-image); unset: run on the host."""
+    container_mounts: list[str] = field(default_factory=list)
+    """Container mounts SRC:DST (run directories, data, models)."""
+    python: str = "python"
+    """Python interpreter (inside the container, if any) that has nemo-latent-thoughts installed."""
+    workdir: Optional[str] = None
+    """Directory the jobs start in (--chdir), e.g. where relative recipe paths resolve; unset: the
+    directory `nlt launch` runs in."""
+    job_dir: str = ""
+    """Where NeMo-Run keeps experiments (sbatch scripts, job logs) on a shared filesystem; empty:
+    $NEMORUN_HOME (~/.nemo_run)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables of every job."""
+    mstep: JobResources = field(default_factory=lambda: JobResources(nodes=2, tasks_per_node=8, gpus_per_node=8))
+    """The M-step job (multi-node)."""
+    mstep_command: str = "mstep-nemo"
+    """nlt subcommand of the M-step: mstep-nemo (NeMo on GPUs) or train (the embedded trainer, CPU)."""
+    estep: JobResources = field(default_factory=lambda: JobResources(gpus_per_node=1))
+    """One E-step array task (one shard group per GPU)."""
+    estep_tasks: int = 16
+    """E-step array tasks (`--num-shards`): task i takes every estep_tasks-th chunk shard from the i-th."""
+    poll_seconds: float = 30.0
+    """Seconds between sacct polls while waiting."""
+
+    def check(self) -> None:
+        _require(bool(self.account), "account", "must be set (the Slurm account to charge)")
+        _require(self.mstep_command in ("mstep-nemo", "train"), "mstep_command", "must be mstep-nemo or train")
+        _at_least(self, 1, "estep_tasks")
+        _require(self.poll_seconds > 0, "poll_seconds", "must be > 0")

@@ -1,0 +1,63 @@
+"""Job and job-array states from `sacct`, and waiting until a job (every array task) has ended.
+
+NeMo-Run's own wait never returns for arrays: its scheduler matches sacct rows to the job id and
+skips the `ID_TASK` rows of array tasks (DESIGN.md 3.5). Here every row counts; pending tasks
+that sacct still lists as one `ID_[2-5]` row count as not ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from typing import Callable, Optional
+
+from nemo_latent_thoughts.errors import NLTError
+
+log = logging.getLogger(__name__)
+
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE", "REVOKED"}
+
+
+def parse(text: str) -> dict[str, str]:
+    """`sacct --parsable2 --noheader -X -o JobID,State` output as {job or array-task id: state}."""
+    states = {}
+    for line in text.splitlines():
+        if "|" in line:
+            job_id, state = line.split("|")[:2]
+            states[job_id.strip()] = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0"
+    return states
+
+
+def states(job_id: str) -> dict[str, str]:
+    """The allocation rows of job `job_id` (one per array task) and their states."""
+    out = subprocess.run(["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State", "-j", str(job_id)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise NLTError(f"sacct -j {job_id} failed ({out.stderr.strip() or out.returncode}); Slurm accounting "
+                       "(slurmdbd) must be enabled for `nlt launch --wait`")
+    return parse(out.stdout)
+
+
+def ended(rows: dict[str, str]) -> bool:
+    """True when sacct lists the job and every one of its rows is in a final state."""
+    return bool(rows) and all(state in ENDED for state in rows.values())
+
+
+def wait(job_id: str, poll_seconds: float = 30.0, timeout: Optional[float] = None,
+         query: Callable[[str], dict[str, str]] = states) -> dict[str, str]:
+    """Poll until job `job_id` (every array task) has ended; return the final states."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        rows = query(job_id)
+        if rows != last:
+            log.info("launch: job %s: %s", job_id, ", ".join(f"{k} {v}" for k, v in sorted(rows.items())) or "queued")
+            last = rows
+        if ended(rows):
+            return rows
+        if deadline is not None and time.monotonic() > deadline:
+            raise NLTError(f"job {job_id} has not ended after {timeout:.0f} s (states {rows}); "
+                           "wait again with `nlt launch ... --wait` or check `squeue`")
+        time.sleep(poll_seconds)

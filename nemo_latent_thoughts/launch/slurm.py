@@ -1,0 +1,112 @@
+"""`nlt launch`: the M-step as a multi-node job and the E-step as a job array, via NeMo-Run.
+
+Jobs are `python -m nemo_latent_thoughts.cli ...` scripts submitted by NeMo-Run's
+`SlurmExecutor` (local tunnel: run on the cluster's login node). A dry run writes and returns
+the sbatch scripts without submitting. NeMo-Run cannot wait for job arrays (its sacct parsing
+skips `ID_TASK` rows), so waiting polls `sacct` itself (`launch.sacct`). The E-step array holds
+only the tasks whose chunk shards are unfinished, so relaunching resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from nemo_latent_thoughts.config import Config
+from nemo_latent_thoughts.data.prepare import chunks_manifest
+from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.estep import shard_output_name
+from nemo_latent_thoughts.launch.cluster import ClusterConfig, JobResources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    """What `launch` did: the job's name, sbatch script, Slurm job id (None: dry run) and array."""
+
+    name: str
+    script: str
+    job_id: Optional[str] = None
+    array: Optional[str] = None
+
+
+def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[str] = None):
+    import nemo_run as run
+
+    return run.SlurmExecutor(
+        account=cluster.account, partition=cluster.partition, time=resources.time, nodes=resources.nodes,
+        ntasks_per_node=resources.tasks_per_node, gpus_per_node=resources.gpus_per_node,
+        cpus_per_task=resources.cpus_per_task, array=array, container_image=cluster.container_image,
+        container_mounts=list(cluster.container_mounts), env_vars=dict(cluster.env),
+        additional_parameters={"chdir": cluster.workdir or os.getcwd()},
+        # A local tunnel's job_dir must be NeMo-Run's experiments dir ("" = $NEMORUN_HOME/experiments).
+        tunnel=run.LocalTunnel(job_dir=os.path.join(cluster.job_dir, "experiments") if cluster.job_dir else ""),
+        packager=run.Packager())
+
+
+def _nlt(cluster: ClusterConfig, *args: str):
+    import nemo_run as run
+
+    return run.Script(path="nemo_latent_thoughts.cli", args=list(args), entrypoint=cluster.python, m=True)
+
+
+def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission:
+    """Submit one task through a NeMo-Run experiment (or only write its sbatch script)."""
+    import nemo_run as run
+
+    with run.Experiment(name, executor=executor, base_dir=job_dir or None, log_level="WARN", clean_mode=True,
+                        enable_goodbye_message=False) as exp:
+        exp.add(task, name=name)
+        if dryrun:
+            exp.dryrun(log=False, delete_exp_dir=False)
+        else:
+            exp.run(detach=True)
+        script_path = next(Path(exp._exp_dir).glob(f"**/*{name}_sbatch.sh"))
+        job_id = None if dryrun else exp.jobs[0].handle.rsplit("/", 1)[-1]
+    return Submission(name, script_path.read_text(encoding="utf-8"), job_id, executor.array)
+
+
+def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Submission:
+    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job."""
+    r = cluster.mstep
+    args = [cluster.mstep_command, str(recipe)]
+    if cluster.mstep_command == "mstep-nemo":
+        args += ["--nodes", str(r.nodes), "--gpus", str(r.tasks_per_node)]
+    sub = _submit("mstep", _nlt(cluster, *args), _executor(cluster, r), cluster.job_dir, dryrun)
+    log.info("launch: M-step of %s %s (%d nodes x %d tasks)", recipe, "dry run" if dryrun else f"job {sub.job_id}",
+             r.nodes, r.tasks_per_node)
+    return sub
+
+
+def unfinished_estep_tasks(cfg: Config, num_tasks: int) -> list[int]:
+    """Array tasks (of `num_tasks`) that still own a chunk shard without its E-step output."""
+    shards = len(chunks_manifest(Path(cfg.data.chunks_dir))["shards"])
+    out = Path(cfg.estep.out_dir)
+    return sorted({i % num_tasks for i in range(shards) if not (out / shard_output_name(i)).exists()})
+
+
+def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
+    """Submit the unfinished tasks of the E-step array; None when every shard is done."""
+    n = cluster.estep_tasks
+    todo = unfinished_estep_tasks(cfg, n)
+    if not todo:
+        log.info("launch: E-step %s is complete; nothing to submit", cfg.estep.out_dir)
+        return None
+    array = f"0-{n - 1}" if len(todo) == n else ",".join(map(str, todo))
+    task = _nlt(cluster, "estep", str(recipe), "--shard", "$SLURM_ARRAY_TASK_ID", "--num-shards", str(n))
+    sub = _submit("estep", task, _executor(cluster, cluster.estep, array=array), cluster.job_dir,
+                  dryrun)
+    log.info("launch: E-step array %s of %d tasks: %s", array, n, "dry run" if dryrun else f"job {sub.job_id}")
+    return sub
+
+
+def require_recipe_file(recipe: Optional[str]) -> Path:
+    """The recipe path the jobs will read: it must be a file (they get the path, not the overrides)."""
+    if recipe is None or not Path(recipe).is_file():
+        raise NLTError(f"nlt launch: recipe '{recipe}' is not a file; jobs read the recipe from disk, so pass a "
+                       "YAML (write overrides into it, e.g. with `nlt config RECIPE KEY=VALUE > new.yaml`)")
+    return Path(recipe).absolute()

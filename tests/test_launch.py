@@ -1,0 +1,115 @@
+"""`nlt launch`: sbatch scripts (golden files), resumable E-step arrays, sacct waiting."""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from nemo_latent_thoughts.cli import main
+from nemo_latent_thoughts.config import load_config, save_config
+from nemo_latent_thoughts.launch import sacct
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+CLUSTER = ROOT / "examples" / "cluster_slurm.yaml"
+
+
+@pytest.fixture
+def planned_round(tmp_path):
+    """A round recipe whose prepared corpus has 32 chunk shards, 3 of them already through the E-step."""
+    chunks, estep = tmp_path / "run" / "corpus", tmp_path / "run" / "round_01" / "estep"
+    chunks.mkdir(parents=True)
+    estep.mkdir(parents=True)
+    (chunks / "manifest.json").write_text(json.dumps({"shards": [{"name": f"chunks_{i:05d}.jsonl"} for i in range(32)]}))
+    for done in (0, 16, 5):  # task 0 owns shards 0 and 16; task 5 still owns shard 21
+        (estep / f"shard_{done:05d}.jsonl").write_text("{}\n")
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"])
+    return save_config(cfg, tmp_path / "run" / "round_01"), cfg
+
+
+def _normalised(text: str, tmp_path: Path) -> str:
+    text = text.replace(str(tmp_path), "<TMP>")
+    return re.sub(r"(mstep|estep)_\d{6,}", r"\1_<EXP_ID>", text)
+
+
+def _dryrun(job, recipe, tmp_path, capsys, monkeypatch, *cluster_overrides):
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))  # NeMo-Run's local tunnel (invoke) reads stdin
+    assert main(["launch", job, str(recipe), "--cluster", str(CLUSTER), "--dryrun",
+                 "-C", f"job_dir={tmp_path / 'nemo_run'}", *cluster_overrides]) == 0
+    return _normalised(capsys.readouterr().out, tmp_path)
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("NLT_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; review and regenerate with NLT_UPDATE_GOLDEN=1"
+
+
+@pytest.mark.nemo
+def test_mstep_dry_run_is_a_two_node_sbatch_script(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, _ = planned_round
+    script = _dryrun("mstep", recipe, tmp_path, capsys, monkeypatch)
+    _check_golden("sbatch_mstep_2node.sh", script)
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
+    assert "nemo_latent_thoughts.cli mstep-nemo <TMP>/run/round_01/config.yaml --nodes 2 --gpus 8" in script
+    assert not list((tmp_path / "nemo_run").glob("**/*.out"))  # nothing ran
+
+
+@pytest.mark.nemo
+def test_estep_dry_run_is_a_16_task_array(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, _ = planned_round
+    (Path(str(recipe)).parent / "estep" / "shard_00000.jsonl").unlink()  # now all 16 tasks are unfinished
+    script = _dryrun("estep", recipe, tmp_path, capsys, monkeypatch)
+    _check_golden("sbatch_estep_16.sh", script)
+    assert "#SBATCH --array=0-15" in script
+    assert "--shard $SLURM_ARRAY_TASK_ID --num-shards 16" in script
+
+
+@pytest.mark.nemo
+def test_estep_relaunch_holds_only_unfinished_tasks(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, _ = planned_round
+    script = _dryrun("estep", recipe, tmp_path, capsys, monkeypatch)
+    assert "#SBATCH --array=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15" in script  # task 0 is done, 5 is not
+
+
+def test_unfinished_tasks_follow_the_shard_assignment_of_nlt_estep(planned_round):
+    from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
+
+    _, cfg = planned_round
+    assert unfinished_estep_tasks(cfg, 16) == [t for t in range(16) if t != 0]
+    assert unfinished_estep_tasks(cfg, 32) == [t for t in range(32) if t not in (0, 5, 16)]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("account=", "override 'account=': account: Incompatible value 'None'"),
+    ("mstep_command=srun", f"{CLUSTER}: mstep_command: must be mstep-nemo or train"),
+    ("mstep.nodes=0", f"{CLUSTER}: mstep.nodes: must be >= 1"),
+    ("mstep.gpus=8", f"override 'mstep.gpus=8': mstep.gpus: unknown key"),
+])
+def test_bad_cluster_yaml_is_a_one_line_error(planned_round, capsys, override, message):
+    recipe, _ = planned_round
+    assert main(["launch", "mstep", str(recipe), "--cluster", str(CLUSTER), "-C", override, "--dryrun"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_every_example_cluster_yaml_loads():
+    from nemo_latent_thoughts.launch.cluster import ClusterConfig
+
+    for path in sorted((ROOT / "examples").glob("cluster_*.yaml")):
+        assert load_config(path, schema=ClusterConfig).account
+
+
+def test_sacct_rows_of_array_tasks_count_until_all_have_ended():
+    text = "41_0|COMPLETED\n41_1|CANCELLED by 0\n41_[2-3]|PENDING\n"
+    assert sacct.parse(text) == {"41_0": "COMPLETED", "41_1": "CANCELLED", "41_[2-3]": "PENDING"}
+    assert not sacct.ended(sacct.parse(text)) and not sacct.ended({})
+    replies = iter([{}, sacct.parse(text), {"41_0": "COMPLETED", "41_1": "CANCELLED", "41_2": "RUNNING",
+                                           "41_3": "COMPLETED"}, {"41_0": "COMPLETED", "41_1": "CANCELLED",
+                                                                   "41_2": "FAILED", "41_3": "COMPLETED"}])
+    final = sacct.wait("41", poll_seconds=0, query=lambda job: next(replies))
+    assert final["41_2"] == "FAILED" and next(replies, None) is None
