@@ -361,7 +361,8 @@ class EMConfig:
     """The EM driver (`nlt em run`): warm start, rounds of E-step + M-step, baselines, eval, report."""
 
     num_rounds: int = 2
-    """EM rounds after the warm start (round 0): rounds 1..num_rounds each run an E-step."""
+    """EM rounds after the warm start (round 0): rounds 1..num_rounds each run an E-step (0: the
+    warm start and baselines only)."""
     run_mstep: bool = True
     """Train each round here (the CPU trainer); false: write round_NN/recipe.yaml and stop there,
     for a cluster to run it (rerun `nlt em run` once its mstep/hf exists)."""
@@ -374,7 +375,8 @@ class EMConfig:
     """On the synthetic corpus: held-out test questions generated into run_dir/eval_data."""
 
     def check(self) -> None:
-        _at_least(self, 1, "num_rounds", "synthetic_eval_examples")
+        _at_least(self, 0, "num_rounds")
+        _at_least(self, 1, "synthetic_eval_examples")
         _require(set(self.baselines) <= {"raw_tokens", "flops"}, "baselines", "must be a subset of [raw_tokens, flops]")
 
 

@@ -167,7 +167,8 @@ def _evaluate(model, tokenizer, ids, shots: list[EvalItem], items: list[EvalItem
         graded_on = "answer" if has_answer(answer) or not thought else "thought"
         records.append({"where": item.where, "question": item.question, "gold": item.answer, "thought": thought,
                         "prediction": answer, "graded_on": graded_on,
-                        "correct": is_correct(item, answer if graded_on == "answer" else thought)})
+                        "correct": is_correct(item, answer if graded_on == "answer" else
+                                              thought.split(STOP_TEXT[e.template])[0])})
     fileio.write_jsonl(part, records)
 
 
