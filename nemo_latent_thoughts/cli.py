@@ -102,7 +102,8 @@ def _cmd_launch(args, cfg) -> None:
 
     require("nemo_run", "nlt launch")
     cluster = load_config(args.cluster, args.cluster_overrides, schema=ClusterConfig)
-    recipe = slurm.require_recipe_file(args.config)
+    out_dir = cfg.training.out_dir if args.job == "mstep" else cfg.estep.out_dir
+    recipe = slurm.job_recipe(cfg, args.config, args.overrides, out_dir)
     launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
     sub = launch(cfg, recipe, cluster, dryrun=args.dryrun)
     if sub is None:
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("job", choices=["mstep", "estep"], help="what to launch")
     launch.add_argument("config", help="recipe YAML the jobs run (e.g. round_01/recipe.yaml)")
     launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="overrides used here only (to plan the launch); jobs read the file")
+                        help="overrides; the jobs then read the resolved recipe from OUT_DIR/launch/config.yaml")
     launch.add_argument("--cluster", required=True, help="cluster YAML (examples/cluster_*.yaml)")
     launch.add_argument("-C", dest="cluster_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")

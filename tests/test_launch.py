@@ -38,7 +38,7 @@ def _normalised(text: str, tmp_path: Path) -> str:
 def _dryrun(job, recipe, tmp_path, capsys, monkeypatch, *cluster_overrides):
     monkeypatch.setattr(sys, "stdin", open(os.devnull))  # NeMo-Run's local tunnel (invoke) reads stdin
     assert main(["launch", job, str(recipe), "--cluster", str(CLUSTER), "--dryrun",
-                 "-C", f"job_dir={tmp_path / 'nemo_run'}", *cluster_overrides]) == 0
+                 "-C", f"job_dir={tmp_path / 'nemorun_home'}", *cluster_overrides]) == 0
     return _normalised(capsys.readouterr().out, tmp_path)
 
 
@@ -56,7 +56,7 @@ def test_mstep_dry_run_is_a_two_node_sbatch_script(planned_round, tmp_path, caps
     _check_golden("sbatch_mstep_2node.sh", script)
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
     assert "nemo_latent_thoughts.cli mstep-nemo <TMP>/run/round_01/config.yaml --nodes 2 --gpus 8" in script
-    assert not list((tmp_path / "nemo_run").glob("**/*.out"))  # nothing ran
+    assert not list((tmp_path / "nemorun_home").glob("**/*.out"))  # nothing ran
 
 
 @pytest.mark.nemo
@@ -88,7 +88,8 @@ def test_unfinished_tasks_follow_the_shard_assignment_of_nlt_estep(planned_round
     ("account=", "override 'account=': account: Incompatible value 'None'"),
     ("mstep_command=srun", f"{CLUSTER}: mstep_command: must be mstep-nemo or train"),
     ("mstep.nodes=0", f"{CLUSTER}: mstep.nodes: must be >= 1"),
-    ("mstep.gpus=8", f"override 'mstep.gpus=8': mstep.gpus: unknown key"),
+    ("mstep.gpus=8", "override 'mstep.gpus=8': mstep.gpus: unknown key"),
+    ("job_dir=/shared/nemo_run", f"{CLUSTER}: job_dir: must not contain '/nemo_run'"),
 ])
 def test_bad_cluster_yaml_is_a_one_line_error(planned_round, capsys, override, message):
     recipe, _ = planned_round
@@ -113,3 +114,14 @@ def test_sacct_rows_of_array_tasks_count_until_all_have_ended():
                                                                    "41_2": "FAILED", "41_3": "COMPLETED"}])
     final = sacct.wait("41", poll_seconds=0, query=lambda job: next(replies))
     assert final["41_2"] == "FAILED" and next(replies, None) is None
+
+
+@pytest.mark.nemo
+def test_launch_overrides_reach_the_jobs_through_a_resolved_recipe(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, cfg = planned_round
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    assert main(["launch", "estep", str(recipe), "estep.num_samples=8", "--cluster", str(CLUSTER), "--dryrun",
+                 "-C", f"job_dir={tmp_path / 'nemorun_home'}", "-C", "estep_tasks=4"]) == 0
+    resolved = Path(cfg.estep.out_dir) / "launch" / "config.yaml"
+    assert f"cli estep {resolved} --shard $SLURM_ARRAY_TASK_ID --num-shards 4" in capsys.readouterr().out
+    assert load_config(resolved).estep.num_samples == 8
