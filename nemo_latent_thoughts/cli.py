@@ -96,7 +96,7 @@ def _cmd_export_nemo(args, cfg) -> None:
 
 def _cmd_launch(args, cfg) -> None:
     from nemo_latent_thoughts.config import load_config
-    from nemo_latent_thoughts.launch import sacct, slurm
+    from nemo_latent_thoughts.launch import slurm
     from nemo_latent_thoughts.launch.cluster import ClusterConfig
     from nemo_latent_thoughts.optional import require
 
@@ -114,12 +114,8 @@ def _cmd_launch(args, cfg) -> None:
         return
     print(f"{args.job}: submitted job {sub.job_id}" + (f" (array {sub.array})" if sub.array else ""))
     if args.wait:
-        rows = sacct.wait(sub.job_id, cluster.poll_seconds)
+        rows = slurm.wait_for(sub, cluster.poll_seconds)
         print(f"{args.job}: job {sub.job_id} ended: " + ", ".join(f"{k} {v}" for k, v in sorted(rows.items())))
-        failed = {k: v for k, v in rows.items() if v != "COMPLETED"}
-        if failed:
-            raise NLTError(f"{args.job}: job {sub.job_id}: {len(failed)} of {len(rows)} tasks did not complete "
-                           f"({', '.join(sorted(set(failed.values())))}); rerun the same `nlt launch` to resume")
 
 
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):

@@ -125,3 +125,15 @@ def test_launch_overrides_reach_the_jobs_through_a_resolved_recipe(planned_round
     resolved = Path(cfg.estep.out_dir) / "launch" / "config.yaml"
     assert f"cli estep {resolved} --shard $SLURM_ARRAY_TASK_ID --num-shards 4" in capsys.readouterr().out
     assert load_config(resolved).estep.num_samples == 8
+
+
+def test_wait_for_a_failed_array_task_is_a_one_line_error(monkeypatch):
+    from nemo_latent_thoughts.errors import NLTError
+    from nemo_latent_thoughts.launch import slurm
+
+    rows = {"7_0": "COMPLETED", "7_1": "TIMEOUT", "7_2": "COMPLETED"}
+    monkeypatch.setattr(sacct, "wait", lambda job, poll: rows)
+    with pytest.raises(NLTError, match=r"estep: job 7: 1 of 3 tasks did not complete \(TIMEOUT\); rerun the same"):
+        slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1)
+    rows["7_1"] = "COMPLETED"
+    assert slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1) == rows

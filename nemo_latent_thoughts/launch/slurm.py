@@ -19,6 +19,7 @@ from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.prepare import chunks_manifest
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.estep import shard_output_name
+from nemo_latent_thoughts.launch import sacct
 from nemo_latent_thoughts.launch.cluster import ClusterConfig, JobResources
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
                   dryrun)
     log.info("launch: E-step array %s of %d tasks: %s", array, n, "dry run" if dryrun else f"job {sub.job_id}")
     return sub
+
+
+def wait_for(sub: Submission, poll_seconds: float) -> dict[str, str]:
+    """Wait until the job (every array task) has ended; a one-line error unless all COMPLETED."""
+    rows = sacct.wait(sub.job_id, poll_seconds)
+    failed = sorted({state for state in rows.values() if state != "COMPLETED"})
+    if failed:
+        bad = sum(state != "COMPLETED" for state in rows.values())
+        raise NLTError(f"{sub.name}: job {sub.job_id}: {bad} of {len(rows)} tasks did not complete "
+                       f"({', '.join(failed)}); rerun the same `nlt launch` to resume")
+    return rows
 
 
 def job_recipe(cfg: Config, recipe: Optional[str], overrides: list[str], out_dir: str) -> Path:
