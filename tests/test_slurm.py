@@ -1,12 +1,10 @@
 """`nlt launch` on a real Slurm (`make test-slurm` starts the local two-node cluster first)."""
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
