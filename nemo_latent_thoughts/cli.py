@@ -85,7 +85,7 @@ def _cmd_mstep_nemo(args, cfg) -> None:
     from nemo_latent_thoughts.nemo.mstep import run_mstep
 
     out = run_mstep(cfg, args.factory, dryrun=args.dryrun, num_nodes=args.nodes, num_gpus=args.gpus)
-    print(f"NeMo M-step {'would write' if args.dryrun else 'results are in'} {out}")
+    print(f"NeMo M-step {'would write to' if args.dryrun else 'results are in'} {out}")
 
 
 def _cmd_export_nemo(args, cfg) -> None:

@@ -137,3 +137,12 @@ def test_wait_for_a_failed_array_task_is_a_one_line_error(monkeypatch):
         slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1)
     rows["7_1"] = "COMPLETED"
     assert slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1) == rows
+
+
+@pytest.mark.nemo
+def test_finished_mstep_is_not_submitted_again(planned_round, tmp_path, capsys):
+    recipe, cfg = planned_round
+    Path(cfg.training.out_dir).mkdir(parents=True)
+    (Path(cfg.training.out_dir) / "done.json").write_text("{}")
+    assert main(["launch", "mstep", str(recipe), "--cluster", str(CLUSTER), "--dryrun"]) == 0
+    assert "mstep: complete; nothing to submit" in capsys.readouterr().out

@@ -79,8 +79,14 @@ def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission
     return Submission(name, script_path.read_text(encoding="utf-8"), job_id, executor.array)
 
 
-def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Submission:
-    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job."""
+def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
+    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job;
+    None when it is already done (both write `done.json` last)."""
+    from nemo_latent_thoughts.train.trainer import DONE  # imports megatron-core: only here
+
+    if (Path(cfg.training.out_dir) / DONE).exists():
+        log.info("launch: M-step %s is complete; nothing to submit", cfg.training.out_dir)
+        return None
     r = cluster.mstep
     args = [cluster.mstep_command, str(recipe)]
     if cluster.mstep_command == "mstep-nemo":
