@@ -14,7 +14,7 @@ TEST_STAMP := $(VENV)/.test-$(HASH)
 .PHONY: demo test test-slow test-slurm venv clean
 
 demo: $(CORE_STAMP)
-	$(BIN)/nlt demo recipes/demo_cpu.yaml
+	$(BIN)/nlt em run recipes/demo_cpu.yaml
 
 # Default suite: fast CPU tests; gpu/trtllm/nemo tests skip themselves when unsupported.
 test: $(TEST_STAMP)

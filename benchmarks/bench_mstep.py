@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from nemo_latent_thoughts import megatron_cpu
 from nemo_latent_thoughts.config import load_config
-from nemo_latent_thoughts.demo import run as run_demo
+from nemo_latent_thoughts.em.driver import run_em
 from nemo_latent_thoughts.model.megatron import gpt_model
 from nemo_latent_thoughts.train.trainer import Trainer
 
@@ -67,7 +67,7 @@ def main() -> None:
         cfg = load_config(None, [f"run_dir={run_dir}", f"model.preset={args.preset}", f"training.max_steps={args.steps}",
                                  "training.valid_data=[]", f"training.save_every={args.steps}",
                                  f"training.log_every={args.steps}", "write.out_dir=${run_dir}/round_00/data"])
-        run_demo(cfg)  # corpus, tokenizer and latent-augmented data
+        run_em(cfg, until="round 0 data")  # corpus, tokenizer and latent-augmented data
         tokens = args.steps * cfg.training.global_batch_size * cfg.training.seq_length
 
         plain_times, ours_times = [], []

@@ -6,7 +6,10 @@
     nlt write recipe.yaml write.latents=[latents.jsonl]  # chunks + latents -> Megatron bin/idx
     nlt train recipe.yaml training.max_steps=100         # M-step on CPU
     nlt estep recipe.yaml estep.num_samples=4 --shard 0 --num-shards 8   # E-step, one array task
-    nlt demo recipes/demo_cpu.yaml                       # the CPU demo
+    nlt eval recipe.yaml eval.model=run/round_01/mstep/hf  # few-shot CoT accuracy + held-out ELBO
+    nlt em run recipes/demo_cpu.yaml                     # the whole EM run (the CPU demo), resumable
+    nlt em status runs/demo                              # what is done, running, pending
+    nlt report runs/demo                                 # rebuild report.md + report.png
     nlt mstep-nemo round_01/recipe.yaml --dryrun         # the round's M-step as a NeMo recipe
     nlt export-nemo round_01/recipe.yaml                 # its NeMo checkpoint -> Hugging Face (E-step)
     nlt launch estep recipe.yaml --cluster examples/cluster_slurm.yaml --dryrun   # Slurm via NeMo-Run
@@ -34,10 +37,33 @@ def _cmd_config(args, cfg) -> None:
     print(config.to_yaml(cfg), end="")
 
 
-def _cmd_demo(args, cfg) -> None:
-    from nemo_latent_thoughts import demo
+def _cmd_em_run(args, cfg) -> None:
+    from nemo_latent_thoughts.em.driver import run_em
 
-    demo.run(cfg)
+    run_em(cfg, until=args.until)
+
+
+def _cmd_em_status(args, cfg) -> None:
+    from nemo_latent_thoughts.em.driver import status
+
+    rows = status(args.run_dir)
+    width = max(len(name) for name, _ in rows)
+    for name, state in rows:
+        print(f"{name:<{width}}  {state}")
+    done = sum(state == "done" for _, state in rows)
+    print(f"{done}/{len(rows)} stages done")
+
+
+def _cmd_eval(args, cfg) -> None:
+    from nemo_latent_thoughts.eval.run import run_eval
+
+    print(f"evaluation results are in {run_eval(cfg)}")
+
+
+def _cmd_report(args, cfg) -> None:
+    from nemo_latent_thoughts.em.report import write_report
+
+    print(f"report written to {write_report(args.run_dir)}")
 
 
 def _cmd_prepare(args, cfg) -> None:
@@ -55,7 +81,11 @@ def _cmd_write(args, cfg) -> None:
 def _cmd_teacher(args, cfg) -> None:
     from nemo_latent_thoughts.teacher.run import LATENTS, run_teacher
 
-    print(f"teacher latents are in {run_teacher(cfg) / LATENTS}")
+    out = run_teacher(cfg, batch_write=args.batch_write, batch_read=args.batch_read)
+    if args.batch_write:
+        print(f"Batch API request files are in {out}; upload them, then `nlt teacher ... --batch-read OUTPUT.jsonl`")
+    else:
+        print(f"teacher latents are in {out / LATENTS}")
 
 
 def _cmd_train(args, cfg) -> None:
@@ -138,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_parser.add_argument("--docs", action="store_true", help="list every key with its type and meaning")
     _add(sub, "prepare", _cmd_prepare, "chunk a corpus into chunk shards (data.*)")
     _add(sub, "write", _cmd_write, "write chunks + latents as Megatron indexed data (write.*)")
-    _add(sub, "teacher", _cmd_teacher, "warm-start latents for a seeded subset of chunks (teacher.*)")
+    teacher = _add(sub, "teacher", _cmd_teacher, "warm-start latents for a seeded subset of chunks (teacher.*)")
+    teacher.add_argument("--batch-write", metavar="DIR", help="write OpenAI Batch API request files instead")
+    teacher.add_argument("--batch-read", metavar="FILE", action="append", default=[],
+                         help="a Batch API output file to answer from (repeatable; then no live requests)")
     _add(sub, "train", _cmd_train, "train the model on CPU (training.*); torchrun/srun for data parallel")
     export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
     export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")
@@ -146,7 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     estep = _add(sub, "estep", _cmd_estep, "sample, score and resample K latents per chunk (estep.*)")
     estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
     estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")
-    _add(sub, "demo", _cmd_demo, "run the CPU demo pipeline on the synthetic corpus", config_required=False)
+    _add(sub, "eval", _cmd_eval, "few-shot CoT accuracy (plain and latent mode) and held-out ELBO (eval.*)")
+    em = sub.add_parser("em", help="the EM driver: run or inspect a whole EM run",
+                        description="the EM driver: run or inspect a whole EM run")
+    em_sub = em.add_subparsers(dest="em_command", required=True, metavar="EM_COMMAND")
+    em_run = _add(em_sub, "run", _cmd_em_run, "warm start, E-steps, M-steps, baselines, eval and report; "
+                  "resumable (em.*)", config_required=False)
+    em_run.add_argument("--until", metavar="STAGE", help="stop after this stage, e.g. 'round 0 data'")
+    for name, func, help in (("status", _cmd_em_status, "what is done, running and pending in RUN_DIR"),
+                             ("report", _cmd_report, "rebuild RUN_DIR/report.md and report.png")):
+        p = (em_sub if name == "status" else sub).add_parser(name, help=help, description=help)
+        p.add_argument("run_dir", type=Path, help="the run directory (its config.yaml describes the run)")
+        p.set_defaults(func=func, no_config=True)
     mstep_nemo = _add(sub, "mstep-nemo", _cmd_mstep_nemo, "run a round's M-step (training.*) through a NeMo recipe")
     mstep_nemo.add_argument("--factory", help="llm.pretrain factory (default: the one of model.preset)")
     mstep_nemo.add_argument("--dryrun", action="store_true", help="print the NeMo recipe; run nothing")
@@ -187,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from nemo_latent_thoughts.config import load_config
 
-        args.func(args, load_config(args.config, args.overrides))
+        args.func(args, None if getattr(args, "no_config", False) else load_config(args.config, args.overrides))
     except NLTError as e:
         if args.debug:
             raise

@@ -30,6 +30,10 @@ T = TypeVar("T")
 class SyntheticConfig:
     """The synthetic "compressed reasoning" corpus (see `nemo_latent_thoughts.testing`)."""
 
+    enabled: bool = True
+    """`nlt em run` generates the corpus (data.corpus[0]), its tokenizer and held-out eval data
+    when missing; set false for a real corpus."""
+
     num_docs: int = 200
     """Documents to generate."""
     min_problems: int = 6
@@ -202,10 +206,11 @@ class TrainingConfig:
 
 @dataclass(kw_only=True)
 class TeacherConfig:
-    """Warm-start latents from a teacher (`nlt teacher`)."""
+    """Warm-start latents from a teacher (`nlt teacher`): a program or an OpenAI-compatible server."""
 
     kind: str = "program"
-    """program: the synthetic corpus's program teacher (an OpenAI-compatible server comes next)."""
+    """program: the synthetic corpus's program teacher; openai: any OpenAI-compatible
+    chat-completions server (OpenAI, vLLM, trtllm-serve, NIM)."""
     fraction: float = 1.0
     """Share of chunks that get a teacher latent (chosen by a hash of seed and chunk)."""
     count: Optional[int] = None
@@ -213,13 +218,55 @@ class TeacherConfig:
     context_chunks: Optional[int] = None
     """Preceding chunks shown to the teacher; unset: the whole text before the chunk."""
     out_dir: str = "${run_dir}/round_00/teacher"
-    """Where latents.jsonl and manifest.json go."""
+    """Where latents.jsonl, manifest.json and the response cache (cache.sqlite) go."""
+    base_url: str = "https://api.openai.com/v1"
+    """openai: the server's base URL (requests go to BASE_URL/chat/completions)."""
+    model: str = "gpt-4o-mini"
+    """openai: the model name sent with each request (paper: gpt-4o-mini)."""
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    """openai: name of the environment variable holding the API key (the key itself is never
+    written anywhere); unset: send no key (local servers)."""
+    temperature: float = 0.7
+    """openai: sampling temperature (paper: 0.7)."""
+    max_tokens: int = 6000
+    """openai: completion token limit per request (paper: 6000); an answer cut there is rejected."""
+    max_latent_chars: int = 30000
+    """Answers longer than this many characters are rejected (counted as too_long)."""
+    prompt_template: Optional[str] = None
+    """openai: a text file with {prefix} and {suffix} placeholders; unset: the shipped
+    nemo_latent_thoughts/teacher/prompts/warmstart.txt."""
+    concurrency: int = 64
+    """openai: requests in flight at once."""
+    timeout_s: float = 300.0
+    """openai: seconds before one request attempt times out (then it is retried)."""
+    max_retries: int = 8
+    """openai: retries of one request after 429, 5xx, timeouts, broken or malformed responses."""
+    backoff_s: float = 1.0
+    """openai: first retry delay; it doubles each retry (with jitter) up to max_backoff_s, and a
+    server's Retry-After takes precedence."""
+    max_backoff_s: float = 60.0
+    """openai: longest delay between retries."""
+    price_prompt_per_mtok: float = 0.0
+    """US dollars per million prompt tokens, for the cost report (gpt-4o-mini: 0.15)."""
+    price_completion_per_mtok: float = 0.0
+    """US dollars per million completion tokens, for the cost report (gpt-4o-mini: 0.60)."""
+    batch_discount: float = 0.5
+    """Price factor of answers that came through the Batch API (OpenAI: half price)."""
 
     def check(self) -> None:
-        _require(self.kind in ("program",), "kind", "must be program (the only teacher so far)")
+        _require(self.kind in ("program", "openai"), "kind", "must be program or openai")
         _require(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         _require(self.count is None or self.count >= 1, "count", "must be >= 1")
         _require(self.context_chunks is None or self.context_chunks >= 0, "context_chunks", "must be >= 0")
+        _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http:// or https://")
+        _require(self.temperature >= 0, "temperature", "must be >= 0")
+        _at_least(self, 1, "max_tokens", "max_latent_chars", "concurrency")
+        _at_least(self, 0, "max_retries")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+        _require(0 <= self.backoff_s <= self.max_backoff_s, "backoff_s", "must be in [0, max_backoff_s]")
+        _require(self.price_prompt_per_mtok >= 0 and self.price_completion_per_mtok >= 0, "price_prompt_per_mtok",
+                 "prices must be >= 0")
+        _require(0 < self.batch_discount <= 1, "batch_discount", "must be in (0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -259,6 +306,81 @@ class EStepConfig:
 
 
 @dataclass(kw_only=True)
+class EvalConfig:
+    """Few-shot chain-of-thought evaluation and held-out ELBO of one model (`nlt eval`)."""
+
+    model: str = "${run_dir}/round_00/mstep/hf"
+    """Hugging Face directory of the model to evaluate."""
+    out_dir: str = "${run_dir}/round_00/eval"
+    """Where predictions_*.jsonl and summary.json go."""
+    data: list[str] = field(default_factory=lambda: ["${run_dir}/eval_data/test.jsonl"])
+    """Evaluation files: GSM8K-format JSONL (question, answer ending `#### N`) or MATH-format JSONL
+    (problem, solution with \\boxed{}); the format is detected per file."""
+    shots: Optional[str] = "${run_dir}/eval_data/shots.jsonl"
+    """Pool of few-shot exemplars (same formats); each seed draws its own num_shots; unset: zero-shot."""
+    template: str = "qa"
+    """qa: `Question: ... Answer:` (GSM8K/MATH); statement: the synthetic corpus's own style
+    (`CONTEXT Then EXPR =`), for questions `CONTEXT What is EXPR?` (see eval/prompts.py)."""
+    num_shots: int = 2
+    """Exemplars per prompt (GSM8K CoT uses 8; the tiny CPU model's context fits 2)."""
+    modes: list[str] = field(default_factory=lambda: ["plain", "latent"])
+    """plain: question then answer; latent: each answer is preceded by SOL PRIOR thought EOL."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One evaluation per seed (each draws different exemplars); mean and spread are reported."""
+    max_examples: Optional[int] = None
+    """Evaluate only the first N examples of each file; unset: all."""
+    on_bad_record: str = "error"
+    """error: stop at a record with missing fields or no parsable answer; skip: count and skip it."""
+    max_new_tokens: int = 128
+    """Longest generated answer (thought included)."""
+    max_prompt_tokens: int = 1024
+    """Prompts are left-truncated to this many tokens (keep within the model's training length)."""
+    batch_size: int = 16
+    """Prompts decoded together."""
+    device: str = "cpu"
+    """cpu or cuda."""
+    elbo_corpus: Optional[str] = "${run_dir}/eval_data/heldout.jsonl"
+    """Held-out documents (JSONL with a text field) for the ELBO per raw token; unset: no ELBO."""
+    elbo_chunks: int = 64
+    """Held-out chunks scored for the ELBO (K = estep.num_samples latents each)."""
+
+    def check(self) -> None:
+        _require(bool(self.data), "data", "needs at least one evaluation file")
+        _require(bool(self.modes) and set(self.modes) <= {"plain", "latent"}, "modes",
+                 "must be a non-empty subset of [plain, latent]")
+        _require(bool(self.seeds), "seeds", "needs at least one seed")
+        _require(self.on_bad_record in ("error", "skip"), "on_bad_record", "must be error or skip")
+        _require(self.template in ("qa", "statement"), "template", "must be qa or statement")
+        _require(self.max_examples is None or self.max_examples >= 1, "max_examples", "must be >= 1")
+        _at_least(self, 0, "num_shots", "elbo_chunks")
+        _at_least(self, 1, "max_new_tokens", "max_prompt_tokens", "batch_size")
+
+
+@dataclass(kw_only=True)
+class EMConfig:
+    """The EM driver (`nlt em run`): warm start, rounds of E-step + M-step, baselines, eval, report."""
+
+    num_rounds: int = 2
+    """EM rounds after the warm start (round 0): rounds 1..num_rounds each run an E-step (0: the
+    warm start and baselines only)."""
+    run_mstep: bool = True
+    """Train each round here (the CPU trainer); false: write round_NN/recipe.yaml and stop there,
+    for a cluster to run it (rerun `nlt em run` once its mstep/hf exists)."""
+    baselines: list[str] = field(default_factory=lambda: ["raw_tokens", "flops"])
+    """Raw-data baselines trained by the same recipe: raw_tokens (as many raw tokens as the final
+    round's model saw) and flops (as many tokens, hence FLOPs, as each round's model)."""
+    eval: bool = True
+    """Evaluate every round's model and the baselines (eval.*)."""
+    synthetic_eval_examples: int = 100
+    """On the synthetic corpus: held-out test questions generated into run_dir/eval_data."""
+
+    def check(self) -> None:
+        _at_least(self, 0, "num_rounds")
+        _at_least(self, 1, "synthetic_eval_examples")
+        _require(set(self.baselines) <= {"raw_tokens", "flops"}, "baselines", "must be a subset of [raw_tokens, flops]")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole run: every stage reads its section from one recipe file."""
 
@@ -282,6 +404,10 @@ class Config:
     """The warm-start teacher."""
     estep: EStepConfig = field(default_factory=EStepConfig)
     """The E-step sampler."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    em: EMConfig = field(default_factory=EMConfig)
+    """The EM driver."""
 
 
 class _CheckFailed(ValueError):

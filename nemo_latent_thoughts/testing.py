@@ -76,6 +76,23 @@ def generate_corpus(cfg: SyntheticConfig) -> list[dict]:
     return docs
 
 
+def synthetic_eval_items(count: int, seed: int, max_operand: int = 50) -> list[dict]:
+    """GSM8K-format questions from the corpus's own process: `{"question", "answer"}`.
+
+    `Let a = 37 and b = 45. What is a*b - a?` with the answer `a*b - a = 37*45 - 37 = 1665 - 37 =
+    1628.` and `#### 1628`. Use a seed the corpus never used, so nothing here is trained on.
+    """
+    rng = random.Random(f"eval:{seed}")
+    items = []
+    for _ in range(count):
+        problem = random_problem(rng, max_operand)
+        text = problem.text(rng)
+        binding = text[: text.index(". ") + 1]
+        steps = program_teacher(binding + " ", f"Then {problem.expression} = {problem.value}.")
+        items.append({"question": f"{binding} What is {problem.expression}?", "answer": f"{steps}\n#### {problem.value}"})
+    return items
+
+
 def program_teacher(prefix: str, chunk: str) -> str:
     """The true omitted steps of every result in `chunk`, using bindings from `prefix` and `chunk`.
 

@@ -1,0 +1,182 @@
+"""`nlt em run`: every stage of `plan.plan(cfg)` in order, skipping the finished ones.
+
+Each stage writes atomically and marks itself done last, so the run can be killed at any point and
+`nlt em run` continues where it stopped. Round 0 trains on the teacher's warm-start latents; round
+r >= 1 samples latents for the whole corpus with round r-1's model, then trains from the base model
+again on them. Baselines train on the raw data by the same recipe. `run_dir/em.pid` marks a
+running driver (for `nlt em status`); `run_dir/timings.json` sums each stage's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from nemo_latent_thoughts import config as config_lib
+from nemo_latent_thoughts import fileio, testing
+from nemo_latent_thoughts.config import Config, DataSource
+from nemo_latent_thoughts.em.plan import MANIFEST, Stage, plan, round_dir
+from nemo_latent_thoughts.errors import NLTError
+
+log = logging.getLogger(__name__)
+
+PID, TIMINGS = "em.pid", "timings.json"
+HELD_OUT_SEED = 1_000_003  # synthetic eval data uses synthetic.seed + this (+1, +2): never the corpus's seed
+
+
+def setup(cfg: Config) -> None:
+    """On the synthetic corpus: generate the corpus, train its tokenizer, write held-out eval data."""
+    run = Path(cfg.run_dir)
+    s = cfg.synthetic
+    if s.enabled:
+        corpus = Path(cfg.data.corpus[0])
+        if not corpus.exists():
+            fileio.write_jsonl(corpus, testing.generate_corpus(s))
+        if not Path(cfg.tokenizer.path).exists():
+            texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
+            testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
+        eval_dir = run / "eval_data"
+        seed = s.seed + HELD_OUT_SEED
+        fileio.write_jsonl(eval_dir / "test.jsonl", testing.synthetic_eval_items(cfg.em.synthetic_eval_examples, seed,
+                                                                                   s.max_operand))
+        fileio.write_jsonl(eval_dir / "shots.jsonl", testing.synthetic_eval_items(32, seed + 1, s.max_operand))
+        fileio.write_jsonl(eval_dir / "heldout.jsonl", testing.generate_corpus(replace(s, num_docs=20, seed=seed + 2)))
+    fileio.write_json(run / "setup.json", {"synthetic": s.enabled})
+
+
+def round_training(cfg: Config, stage: Stage) -> Config:
+    """The complete config of one M-step: this round's (or the raw) data, budget and output."""
+    data = Path(cfg.run_dir) / "raw" / "data" if stage.round is None else round_dir(cfg, stage.round) / "data"
+    t = cfg.training
+    max_tokens, max_steps = t.max_tokens, t.max_steps  # rounds and the flops baseline: the same budget
+    if stage.round is None and stage.out.name == "raw_tokens":  # as many raw tokens as the final round saw
+        split = json.loads((round_dir(cfg, cfg.em.num_rounds) / "data" / MANIFEST).read_text())["splits"]["train"]
+        share = split["raw_tokens"] / (split["raw_tokens"] + split["latent_tokens"])
+        max_tokens = max(round(max_tokens * share), t.global_batch_size * t.seq_length)
+        max_steps = None if max_steps is None else max(1, round(max_steps * share))
+    has_valid = json.loads((data / MANIFEST).read_text())["splits"]["valid"]["documents"] > 0
+    training = replace(t, train_data=[DataSource(path=str(data / "train"))],
+                       valid_data=[DataSource(path=str(data / "valid"))] if has_valid else [],
+                       out_dir=str(stage.out / "mstep"), max_tokens=max_tokens, max_steps=max_steps)
+    return replace(cfg, training=training)
+
+
+def run_stage(cfg: Config, stage: Stage) -> None:
+    from nemo_latent_thoughts.data.prepare import prepare
+    from nemo_latent_thoughts.data.writer import write_dataset
+
+    r = stage.round
+    if stage.kind == "setup":
+        setup(cfg)
+    elif stage.kind == "prepare":
+        prepare(cfg)
+    elif stage.kind == "raw_data":
+        write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(stage.out), model="")))
+    elif stage.kind == "teacher":
+        from nemo_latent_thoughts.teacher.run import run_teacher
+
+        run_teacher(replace(cfg, teacher=replace(cfg.teacher, out_dir=str(stage.out))))
+    elif stage.kind == "estep":
+        from nemo_latent_thoughts.estep import run_estep
+
+        run_estep(replace(cfg, estep=replace(cfg.estep, model=str(round_dir(cfg, r - 1) / "mstep" / "hf"), round=r,
+                                             out_dir=str(stage.out))))
+    elif stage.kind == "data":
+        if r == 0:
+            latents, model = [str(round_dir(cfg, 0) / "teacher" / "latents.jsonl")], f"teacher:{cfg.teacher.kind}"
+        else:
+            latents, model = [str(round_dir(cfg, r) / "estep" / "shard_*.jsonl")], str(round_dir(cfg, r - 1) / "mstep" / "hf")
+        write_dataset(replace(cfg, write=replace(cfg.write, latents=latents, out_dir=str(stage.out), round=r, model=model)))
+    elif stage.kind == "recipe":
+        fileio.write_text(stage.marker, config_lib.to_yaml(round_training(cfg, stage)))
+    elif stage.kind == "mstep":
+        recipe = stage.out.parent / "recipe.yaml"
+        if not cfg.em.run_mstep:
+            raise _WaitForCluster(recipe)
+        from nemo_latent_thoughts.train.trainer import train
+
+        train(config_lib.load_config(recipe))
+    elif stage.kind == "eval":
+        from nemo_latent_thoughts.eval.run import run_eval
+
+        run_eval(replace(cfg, eval=replace(cfg.eval, model=str(stage.out.parent / "mstep" / "hf"), out_dir=str(stage.out))))
+    elif stage.kind == "report":
+        from nemo_latent_thoughts.em.report import write_report
+
+        write_report(Path(cfg.run_dir))
+
+
+class _WaitForCluster(Exception):
+    def __init__(self, recipe: Path):
+        super().__init__(str(recipe))
+        self.recipe = recipe
+
+
+def run_em(cfg: Config, until: Optional[str] = None) -> Path:
+    """Run (or continue) the EM run of `cfg`, up to and including stage `until`; returns its directory."""
+    run = Path(cfg.run_dir)
+    saved = run / "config.yaml"
+    if saved.exists() and saved.read_text() != config_lib.to_yaml(cfg):
+        log.warning("em: %s differs from this run's config; finished stages keep their results "
+                    "(use a new run_dir for a new experiment)", saved)
+    config_lib.save_config(cfg, run)
+    fileio.write_text(run / PID, str(os.getpid()))
+    timings_path = run / TIMINGS
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    try:
+        stages = plan(cfg)
+        if until is not None and until not in [s.name for s in stages]:
+            raise NLTError(f"--until '{until}': no such stage; `nlt em status RUN_DIR` lists them")
+        for number, stage in enumerate(stages, 1):
+            if stage.done:
+                continue
+            log.info("em: [%d/%d] %s", number, len(stages), stage.name)
+            began = time.perf_counter()
+            try:
+                run_stage(cfg, stage)
+            except _WaitForCluster as wait:
+                print(f"em: {stage.name}: em.run_mstep is false; train {wait.recipe} on the cluster "
+                      f"(nlt train {wait.recipe}, or the NeMo recipe), then rerun `nlt em run` to continue")
+                return run
+            timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - began
+            fileio.write_json(timings_path, timings)
+            if not stage.done:
+                raise NLTError(f"em: stage '{stage.name}' ended without writing {stage.marker}")
+            if stage.name == until:
+                return run
+    finally:
+        (run / PID).unlink(missing_ok=True)
+    print(f"EM run complete: report in {run / 'report.md'}")
+    return run
+
+
+def status(run_dir: str | Path) -> list[tuple[str, str]]:
+    """(stage, done | running | partial | pending) for the run in `run_dir`."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").exists():
+        raise NLTError(f"{run}: no config.yaml; not an EM run directory (start one with `nlt em run RECIPE`)")
+    cfg = config_lib.load_config(run / "config.yaml")
+    alive = False
+    if (run / PID).exists():
+        try:
+            os.kill(int((run / PID).read_text()), 0)
+            alive = True
+        except (ValueError, ProcessLookupError, PermissionError):
+            alive = False
+    rows, current = [], True
+    for stage in plan(cfg):
+        if stage.done:
+            rows.append((stage.name, "done"))
+            continue
+        if current:
+            state = "running" if alive else ("partial" if stage.out.exists() and stage.kind not in ("setup", "report", "recipe") else "pending")
+            current = False
+        else:
+            state = "pending"
+        rows.append((stage.name, state))
+    return rows

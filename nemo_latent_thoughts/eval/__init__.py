@@ -1,0 +1,1 @@
+"""Few-shot chain-of-thought evaluation (plain and latent mode), grading, held-out ELBO, reports."""

@@ -1,0 +1,129 @@
+"""An asynchronous client for OpenAI-compatible chat-completions servers, with retries.
+
+Retries 408/409/429/5xx answers, timeouts, broken connections, truncated bodies and malformed JSON,
+with exponential backoff and jitter, honouring `Retry-After` (or `retry-after-ms`). 401/403/404
+stop the run with one line: they are configuration errors, not bad luck. The API key goes only into
+the Authorization header; no message or log line here contains a response body or a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections import Counter
+from email.utils import parsedate_to_datetime
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+import aiohttp
+
+from nemo_latent_thoughts.config import TeacherConfig
+from nemo_latent_thoughts.errors import NLTError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
+FATAL = {401: "check the key in teacher.api_key_env", 403: "check the key's permissions for teacher.model",
+         404: "check teacher.base_url (it should end in /v1) and teacher.model"}
+
+
+class RequestFailed(Exception):
+    """A request that failed for good; `reason` is its counted name (e.g. http_429, timeout)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def check_response(data: Any) -> tuple[Optional[str], Optional[str], dict]:
+    """(content, finish_reason, usage) of a chat-completions response; ValueError if malformed."""
+    try:
+        choice = data["choices"][0]
+        content, finish = choice["message"].get("content"), choice.get("finish_reason")
+        usage = data.get("usage") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError("not a chat-completions response") from None
+    if not (content is None or isinstance(content, str)) or not isinstance(usage, dict):
+        raise ValueError("not a chat-completions response")
+    return content, finish, usage
+
+
+def retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    """Seconds the server asks us to wait (`retry-after-ms`, or `Retry-After` in seconds or as a date)."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        if "retry-after" in headers:
+            value = headers["retry-after"]
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+    except (ValueError, TypeError):
+        pass
+    return None
+
+
+class ChatClient:
+    """`async with ChatClient(cfg, api_key) as c: response = await c.complete(body)`."""
+
+    def __init__(self, cfg: TeacherConfig, api_key: Optional[str], seed: int = 0):
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._rng = random.Random(seed)
+        self.sent = 0
+        self.retries: Counter = Counter()
+
+    async def __aenter__(self) -> "ChatClient":
+        self._http = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+                                           connector=aiohttp.TCPConnector(limit=self.cfg.concurrency))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._http.close()
+
+    async def complete(self, body: dict) -> dict:
+        """The server's validated response JSON for `body`; RequestFailed after the last retry."""
+        for attempt in range(self.cfg.max_retries + 1):
+            data, reason, wait = await self._attempt(body)
+            if data is not None:
+                return data
+            if attempt == self.cfg.max_retries:
+                raise RequestFailed(reason)
+            self.retries[reason] += 1
+            if wait is None:
+                cap = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** attempt)
+                wait = cap * self._rng.uniform(0.5, 1.0)
+            log.debug("teacher: %s, retry %d in %.2f s", reason, attempt + 1, wait)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, body: dict) -> tuple[Optional[dict], Optional[str], Optional[float]]:
+        """(response, None, None) on success, else (None, failure reason, server-requested wait)."""
+        self.sent += 1
+        try:
+            async with self._http.post(self.url, json=body) as response:
+                status, headers = response.status, response.headers
+                payload = await response.read()
+        except asyncio.TimeoutError:
+            return None, "timeout", None
+        except aiohttp.ClientPayloadError:  # the body was cut short
+            return None, "truncated", None
+        except aiohttp.ClientError:  # refused, reset, closed
+            return None, "connection", None
+        if status in FATAL:
+            raise NLTError(f"teacher: {self.url} answered {status} {response.reason}; {FATAL[status]}")
+        if status in RETRYABLE:
+            return None, f"http_{status}", retry_after(headers)
+        if status != 200:
+            raise RequestFailed(f"http_{status}")
+        try:
+            data = json.loads(payload)
+            check_response(data)
+        except ValueError:  # invalid UTF-8 or JSON, or not a chat completion
+            return None, "malformed", None
+        return data, None, None

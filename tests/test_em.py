@@ -1,0 +1,109 @@
+"""The EM driver: a tiny whole run, its layout and recipes, status, report, kill -9 and resume."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import kill_9_when
+
+from nemo_latent_thoughts.cli import main
+from nemo_latent_thoughts.config import load_config
+from nemo_latent_thoughts.em.driver import status
+from nemo_latent_thoughts.em.plan import plan
+
+TINY = ["synthetic.num_docs=10", "tokenizer.vocab_size=320", "training.max_steps=4", "training.seq_length=64",
+        "training.save_every=2", "estep.max_new_tokens=8", "estep.num_samples=2", "em.synthetic_eval_examples=4",
+        "eval.seeds=[0,1]", "eval.max_new_tokens=8", "eval.elbo_chunks=2", "eval.max_prompt_tokens=96"]
+# Files whose content records wall time or speed; everything else must come out byte-identical.
+TIMED = {"timings.json", "report.md", "metrics.jsonl", "done.json", "report.png", "em.pid"}
+
+
+def artefacts(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run except timed ones and checkpoints."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and path.name not in TIMED and "checkpoints" not in rel.parts and not rel.name.startswith(".tmp"):
+            out[str(rel)] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("em") / "run"
+    assert main(["em", "run", f"run_dir={run_dir}", *TINY]) == 0
+    return run_dir
+
+
+def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, capsys):
+    run = reference
+    for r in range(3):
+        d = run / f"round_{r:02d}"
+        assert (d / "data" / "manifest.json").is_file() and (d / "mstep" / "hf" / "model.safetensors").is_file()
+        assert (d / "eval" / "summary.json").is_file() and (r == 0) != (d / "estep" / "manifest.json").is_file()
+        recipe = load_config(d / "recipe.yaml")  # a complete, valid config: the M-step of this round
+        assert recipe.training.train_data[0].path == str(d / "data" / "train")
+        assert recipe.training.out_dir == str(d / "mstep") and recipe.training.init_from is None
+        trained = load_config(d / "mstep" / "config.yaml")
+        assert trained.training == recipe.training
+    assert json.loads((run / "round_01" / "estep" / "manifest.json").read_text())["model"] == str(run / "round_00" / "mstep" / "hf")
+    assert (run / "round_00" / "teacher" / "latents.jsonl").is_file()
+    for kind in ("raw_tokens", "flops"):
+        recipe = load_config(run / "baselines" / kind / "recipe.yaml")
+        assert recipe.training.train_data[0].path == str(run / "raw" / "data" / "train")
+        assert (run / "baselines" / kind / "eval" / "summary.json").is_file()
+    assert load_config(run / "baselines" / "flops" / "recipe.yaml").training.max_steps == 4
+    split = json.loads((run / "round_02" / "data" / "manifest.json").read_text())["splits"]["train"]
+    share = split["raw_tokens"] / (split["raw_tokens"] + split["latent_tokens"])
+    assert load_config(run / "baselines" / "raw_tokens" / "recipe.yaml").training.max_steps == max(1, round(4 * share))
+    report = (run / "report.md").read_text()
+    for name in ("round 0", "round 1", "round 2", "baseline raw_tokens", "baseline flops"):
+        assert f"| {name} |" in report
+    assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["em", "status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith(f"{len(plan(load_config(run / 'config.yaml')))}/{len(plan(load_config(run / 'config.yaml')))} stages done")
+    assert main(["report", str(run)]) == 0 and "report written to" in capsys.readouterr().out
+
+
+def test_kill_9_at_several_points_then_rerun_gives_identical_artefacts(tmp_path):
+    run = tmp_path / "run"
+    args = ["em", "run", f"run_dir={run}", *TINY]
+    for marker in ("round_00/mstep/checkpoints", "round_01/estep", "round_01/eval", "baselines/flops/mstep"):
+        kill_9_when(args, lambda m=marker: (run / m).exists())
+    assert main(args) == 0
+    got = artefacts(run)
+    shutil.rmtree(run)  # the same run, uninterrupted, in the same place (manifests record paths)
+    assert main(args) == 0
+    want = artefacts(run)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if got[name] != want[name]] == []
+
+
+def test_status_shows_done_running_and_pending(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["em", "run", f"run_dir={run}", *TINY, "--until", "round 0 data"]) == 0
+    rows = dict(status(run))
+    assert rows["prepare"] == rows["round 0 data"] == "done"
+    assert rows["round 0 recipe"] == "pending" and rows["report"] == "pending"
+    (run / "em.pid").write_text(str(os.getpid()))  # a live driver
+    assert dict(status(run))["round 0 recipe"] == "running"
+    assert main(["em", "status", str(tmp_path)]) == 2
+    assert "not an EM run directory" in capsys.readouterr().err
+    assert main(["em", "run", f"run_dir={run}", *TINY, "--until", "no such stage"]) == 2
+
+
+def test_recipe_only_rounds_wait_for_the_cluster(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["em", "run", f"run_dir={run}", *TINY, "em.run_mstep=false", "em.num_rounds=1", "em.baselines=[]"]
+    assert main(args) == 0
+    recipe = run / "round_00" / "recipe.yaml"
+    assert f"train {recipe} on the cluster" in capsys.readouterr().out
+    assert not (run / "round_00" / "mstep").exists()
+    assert main(["train", str(recipe)]) == 0  # what the cluster does (nlt train, or the NeMo recipe)
+    assert main(args) == 0  # continues: round 1's E-step uses that model, then waits again
+    assert (run / "round_01" / "estep" / "manifest.json").is_file()
+    assert f"train {run / 'round_01' / 'recipe.yaml'} on the cluster" in capsys.readouterr().out
