@@ -116,6 +116,14 @@ def test_sacct_rows_of_array_tasks_count_until_all_have_ended():
     assert final["41_2"] == "FAILED" and next(replies, None) is None
 
 
+def test_an_array_has_not_ended_while_sacct_lags_behind_some_of_its_tasks():
+    assert sacct.array_tasks("0-3") == {0, 1, 2, 3} and sacct.array_tasks("1,5,7-8%2") == {1, 5, 7, 8}
+    assert not sacct.ended({"49_3": "CANCELLED"}, {0, 1, 2, 3})  # siblings not accounted yet
+    assert sacct.ended({"49_3": "CANCELLED"}, {3}) and sacct.ended({"50": "COMPLETED"})
+    done = {f"49_{t}": "COMPLETED" for t in range(3)} | {"49_3": "CANCELLED"}
+    assert sacct.ended(done, {0, 1, 2, 3})
+
+
 @pytest.mark.nemo
 def test_launch_overrides_reach_the_jobs_through_a_resolved_recipe(planned_round, tmp_path, capsys, monkeypatch):
     recipe, cfg = planned_round
@@ -132,7 +140,7 @@ def test_wait_for_a_failed_array_task_is_a_one_line_error(monkeypatch):
     from nemo_latent_thoughts.launch import slurm
 
     rows = {"7_0": "COMPLETED", "7_1": "TIMEOUT", "7_2": "COMPLETED"}
-    monkeypatch.setattr(sacct, "wait", lambda job, poll: rows)
+    monkeypatch.setattr(sacct, "wait", lambda job, poll, tasks: rows if tasks == {0, 1, 2} else {})
     with pytest.raises(NLTError, match=r"estep: job 7: 1 of 3 tasks did not complete \(TIMEOUT\); rerun the same"):
         slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1)
     rows["7_1"] = "COMPLETED"

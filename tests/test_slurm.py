@@ -66,7 +66,7 @@ def test_killed_array_task_is_all_a_relaunch_runs(reference, written_run, traine
         time.sleep(0.2)
     victim = max(running, key=lambda k: k in (f"{job}_0", f"{job}_1"))  # tasks 0 and 1 own two shards each
     subprocess.run(["scancel", victim], check=True)
-    rows = sacct.wait(job, poll_seconds=1, timeout=600)
+    rows = sacct.wait(job, poll_seconds=1, timeout=600, tasks={0, 1, 2, 3})
     assert rows[victim] == "CANCELLED", rows
     left = unfinished_estep_tasks(cfg, 4)
     assert int(victim.split("_")[1]) in left and len(left) < 4

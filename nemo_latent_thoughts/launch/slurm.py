@@ -121,7 +121,7 @@ def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
 
 def wait_for(sub: Submission, poll_seconds: float) -> dict[str, str]:
     """Wait until the job (every array task) has ended; a one-line error unless all COMPLETED."""
-    rows = sacct.wait(sub.job_id, poll_seconds)
+    rows = sacct.wait(sub.job_id, poll_seconds, tasks=sacct.array_tasks(sub.array) if sub.array else None)
     failed = sorted({state for state in rows.values() if state != "COMPLETED"})
     if failed:
         bad = sum(state != "COMPLETED" for state in rows.values())
