@@ -24,7 +24,9 @@ test: $(TEST_STAMP)
 test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest --run-slow -m slow $(PYTEST_ARGS)
 
+# Starts the local two-node test cluster (root, Debian packages; returns at once if it is up).
 test-slurm: $(TEST_STAMP)
+	tests/slurm/slurm-local start 2
 	$(BIN)/python -m pytest --run-slurm -m slurm $(PYTEST_ARGS)
 
 # The environment `make test` uses, without running anything.

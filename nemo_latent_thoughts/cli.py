@@ -115,7 +115,7 @@ def _cmd_mstep_nemo(args, cfg) -> None:
     from nemo_latent_thoughts.nemo.mstep import run_mstep
 
     out = run_mstep(cfg, args.factory, dryrun=args.dryrun, num_nodes=args.nodes, num_gpus=args.gpus)
-    print(f"NeMo M-step {'would write' if args.dryrun else 'results are in'} {out}")
+    print(f"NeMo M-step {'would write to' if args.dryrun else 'results are in'} {out}")
 
 
 def _cmd_export_nemo(args, cfg) -> None:
@@ -126,13 +126,14 @@ def _cmd_export_nemo(args, cfg) -> None:
 
 def _cmd_launch(args, cfg) -> None:
     from nemo_latent_thoughts.config import load_config
-    from nemo_latent_thoughts.launch import sacct, slurm
+    from nemo_latent_thoughts.launch import slurm
     from nemo_latent_thoughts.launch.cluster import ClusterConfig
     from nemo_latent_thoughts.optional import require
 
     require("nemo_run", "nlt launch")
     cluster = load_config(args.cluster, args.cluster_overrides, schema=ClusterConfig)
-    recipe = slurm.require_recipe_file(args.config)
+    out_dir = cfg.training.out_dir if args.job == "mstep" else cfg.estep.out_dir
+    recipe = slurm.job_recipe(cfg, args.config, args.overrides, out_dir)
     launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
     sub = launch(cfg, recipe, cluster, dryrun=args.dryrun)
     if sub is None:
@@ -143,12 +144,8 @@ def _cmd_launch(args, cfg) -> None:
         return
     print(f"{args.job}: submitted job {sub.job_id}" + (f" (array {sub.array})" if sub.array else ""))
     if args.wait:
-        rows = sacct.wait(sub.job_id, cluster.poll_seconds)
+        rows = slurm.wait_for(sub, cluster.poll_seconds)
         print(f"{args.job}: job {sub.job_id} ended: " + ", ".join(f"{k} {v}" for k, v in sorted(rows.items())))
-        failed = {k: v for k, v in rows.items() if v != "COMPLETED"}
-        if failed:
-            raise NLTError(f"{args.job}: job {sub.job_id}: {len(failed)} of {len(rows)} tasks did not complete "
-                           f"({', '.join(sorted(set(failed.values())))}); rerun the same `nlt launch` to resume")
 
 
 def _add(sub, name: str, func: Callable, help: str, config_required: bool = True):
@@ -208,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("job", choices=["mstep", "estep"], help="what to launch")
     launch.add_argument("config", help="recipe YAML the jobs run (e.g. round_01/recipe.yaml)")
     launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="overrides used here only (to plan the launch); jobs read the file")
+                        help="overrides; the jobs then read the resolved recipe from OUT_DIR/launch/config.yaml")
     launch.add_argument("--cluster", required=True, help="cluster YAML (examples/cluster_*.yaml)")
     launch.add_argument("-C", dest="cluster_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")

@@ -66,7 +66,7 @@ def test_docs_lists_keys(capsys):
 
 @pytest.mark.parametrize("module", ["nemo_latent_thoughts", "nemo_latent_thoughts.cli",
                                     "nemo_latent_thoughts.config", "nemo_latent_thoughts.testing",
-                                    "nemo_latent_thoughts.nemo.export"])
+                                    "nemo_latent_thoughts.nemo.export", "nemo_latent_thoughts.launch.slurm"])
 def test_import_pulls_no_heavy_optional_modules(module):
     code = (f"import sys, {module}; heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('nemo', 'nemo_run', 'tensorrt_llm', 'transformer_engine', 'megatron')]; print(heavy)")

@@ -38,7 +38,7 @@ def _normalised(text: str, tmp_path: Path) -> str:
 def _dryrun(job, recipe, tmp_path, capsys, monkeypatch, *cluster_overrides):
     monkeypatch.setattr(sys, "stdin", open(os.devnull))  # NeMo-Run's local tunnel (invoke) reads stdin
     assert main(["launch", job, str(recipe), "--cluster", str(CLUSTER), "--dryrun",
-                 "-C", f"job_dir={tmp_path / 'nemo_run'}", *cluster_overrides]) == 0
+                 "-C", f"job_dir={tmp_path / 'nemorun_home'}", *cluster_overrides]) == 0
     return _normalised(capsys.readouterr().out, tmp_path)
 
 
@@ -56,7 +56,7 @@ def test_mstep_dry_run_is_a_two_node_sbatch_script(planned_round, tmp_path, caps
     _check_golden("sbatch_mstep_2node.sh", script)
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
     assert "nemo_latent_thoughts.cli mstep-nemo <TMP>/run/round_01/config.yaml --nodes 2 --gpus 8" in script
-    assert not list((tmp_path / "nemo_run").glob("**/*.out"))  # nothing ran
+    assert not list((tmp_path / "nemorun_home").glob("**/*.out"))  # nothing ran
 
 
 @pytest.mark.nemo
@@ -88,7 +88,8 @@ def test_unfinished_tasks_follow_the_shard_assignment_of_nlt_estep(planned_round
     ("account=", "override 'account=': account: Incompatible value 'None'"),
     ("mstep_command=srun", f"{CLUSTER}: mstep_command: must be mstep-nemo or train"),
     ("mstep.nodes=0", f"{CLUSTER}: mstep.nodes: must be >= 1"),
-    ("mstep.gpus=8", f"override 'mstep.gpus=8': mstep.gpus: unknown key"),
+    ("mstep.gpus=8", "override 'mstep.gpus=8': mstep.gpus: unknown key"),
+    ("job_dir=/shared/nemo_run", f"{CLUSTER}: job_dir: must not contain '/nemo_run'"),
 ])
 def test_bad_cluster_yaml_is_a_one_line_error(planned_round, capsys, override, message):
     recipe, _ = planned_round
@@ -113,3 +114,43 @@ def test_sacct_rows_of_array_tasks_count_until_all_have_ended():
                                                                    "41_2": "FAILED", "41_3": "COMPLETED"}])
     final = sacct.wait("41", poll_seconds=0, query=lambda job: next(replies))
     assert final["41_2"] == "FAILED" and next(replies, None) is None
+
+
+def test_an_array_has_not_ended_while_sacct_lags_behind_some_of_its_tasks():
+    assert sacct.array_tasks("0-3") == {0, 1, 2, 3} and sacct.array_tasks("1,5,7-8%2") == {1, 5, 7, 8}
+    assert not sacct.ended({"49_3": "CANCELLED"}, {0, 1, 2, 3})  # siblings not accounted yet
+    assert sacct.ended({"49_3": "CANCELLED"}, {3}) and sacct.ended({"50": "COMPLETED"})
+    done = {f"49_{t}": "COMPLETED" for t in range(3)} | {"49_3": "CANCELLED"}
+    assert sacct.ended(done, {0, 1, 2, 3})
+
+
+@pytest.mark.nemo
+def test_launch_overrides_reach_the_jobs_through_a_resolved_recipe(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, cfg = planned_round
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    assert main(["launch", "estep", str(recipe), "estep.num_samples=8", "--cluster", str(CLUSTER), "--dryrun",
+                 "-C", f"job_dir={tmp_path / 'nemorun_home'}", "-C", "estep_tasks=4"]) == 0
+    resolved = Path(cfg.estep.out_dir) / "launch" / "config.yaml"
+    assert f"cli estep {resolved} --shard $SLURM_ARRAY_TASK_ID --num-shards 4" in capsys.readouterr().out
+    assert load_config(resolved).estep.num_samples == 8
+
+
+def test_wait_for_a_failed_array_task_is_a_one_line_error(monkeypatch):
+    from nemo_latent_thoughts.errors import NLTError
+    from nemo_latent_thoughts.launch import slurm
+
+    rows = {"7_0": "COMPLETED", "7_1": "TIMEOUT", "7_2": "COMPLETED"}
+    monkeypatch.setattr(sacct, "wait", lambda job, poll, tasks: rows if tasks == {0, 1, 2} else {})
+    with pytest.raises(NLTError, match=r"estep: job 7: 1 of 3 tasks did not complete \(TIMEOUT\); rerun the same"):
+        slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1)
+    rows["7_1"] = "COMPLETED"
+    assert slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1) == rows
+
+
+@pytest.mark.nemo
+def test_finished_mstep_is_not_submitted_again(planned_round, tmp_path, capsys):
+    recipe, cfg = planned_round
+    Path(cfg.training.out_dir).mkdir(parents=True)
+    (Path(cfg.training.out_dir) / "done.json").write_text("{}")
+    assert main(["launch", "mstep", str(recipe), "--cluster", str(CLUSTER), "--dryrun"]) == 0
+    assert "mstep: complete; nothing to submit" in capsys.readouterr().out

@@ -1,5 +1,8 @@
 """A round's recipe.yaml becomes the NeMo recipe with its data, budget and schedule."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from nemo_latent_thoughts.cli import main
@@ -60,3 +63,35 @@ def test_mstep_nemo_errors_are_one_line(round_yaml, capsys, args, message):
     assert main(["mstep-nemo", str(round_yaml), *args, "--dryrun"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_finished_mstep_exports_hf_and_marks_done_like_nlt_train(round_yaml, monkeypatch, capsys):
+    """NeMo's training (CUDA only) is replaced by a writer of the checkpoint NeMo would leave."""
+    import dataclasses
+
+    from nemo_latent_thoughts import megatron_cpu
+    from nemo_latent_thoughts.model.convert import padded_vocab_size
+    from nemo_latent_thoughts.model.megatron import gpt_model
+    from nemo_latent_thoughts.model.presets import PRESETS
+    from nemo_latent_thoughts.nemo import mstep
+    from nemo_latent_thoughts.tokens import load_tokenizer
+    from test_nemo_export import _save_nemo_weights
+
+    cfg = load_config(round_yaml)
+    calls = []
+
+    def fake_run(recipe, executor=None, name="", direct=False):
+        calls.append(recipe.trainer.max_steps)
+        megatron_cpu.initialize(seed=0)
+        vocab = padded_vocab_size(len(load_tokenizer(cfg.tokenizer.path)), 128)
+        model = gpt_model(dataclasses.replace(PRESETS["tiny"], vocab_size=vocab, seq_length=128))
+        _save_nemo_weights(model, Path(recipe.log.log_dir) / "mstep" / "ts" / "checkpoints" / "m-last" / "weights",
+                           pytest.MonkeyPatch())
+
+    monkeypatch.setattr(mstep.run, "run", fake_run)
+    for _ in range(2):  # the second run finds done.json and does nothing
+        assert main(["mstep-nemo", str(round_yaml)]) == 0
+    out = Path(cfg.training.out_dir)
+    assert calls == [30] and (out / "hf" / "config.json").is_file()
+    done = json.loads((out / "done.json").read_text())
+    assert done["backend"] == "nemo" and done["steps"] == 30 and done["checkpoint"].endswith("m-last")

@@ -46,7 +46,7 @@ class ClusterConfig:
     directory `nlt launch` runs in."""
     job_dir: str = ""
     """Where NeMo-Run keeps experiments (sbatch scripts, job logs) on a shared filesystem; empty:
-    $NEMORUN_HOME (~/.nemo_run)."""
+    $NEMORUN_HOME (~/.nemo_run). No "/nemo_run" in it: NeMo-Run rewrites that string in job paths."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables of every job."""
     mstep: JobResources = field(default_factory=lambda: JobResources(nodes=2, tasks_per_node=8, gpus_per_node=8))
@@ -63,5 +63,7 @@ class ClusterConfig:
     def check(self) -> None:
         _require(bool(self.account), "account", "must be set (the Slurm account to charge)")
         _require(self.mstep_command in ("mstep-nemo", "train"), "mstep_command", "must be mstep-nemo or train")
+        _require("/nemo_run" not in self.job_dir, "job_dir",
+                 "must not contain '/nemo_run' (NeMo-Run replaces it in every job path); rename that directory")
         _at_least(self, 1, "estep_tasks")
         _require(self.poll_seconds > 0, "poll_seconds", "must be > 0")

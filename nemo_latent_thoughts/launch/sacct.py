@@ -2,7 +2,8 @@
 
 NeMo-Run's own wait never returns for arrays: its scheduler matches sacct rows to the job id and
 skips the `ID_TASK` rows of array tasks (DESIGN.md 3.5). Here every row counts; pending tasks
-that sacct still lists as one `ID_[2-5]` row count as not ended.
+that sacct still lists as one `ID_[2-5]` row count as not ended, and so do tasks sacct does not
+list yet.
 """
 
 from __future__ import annotations
@@ -40,14 +41,30 @@ def states(job_id: str) -> dict[str, str]:
     return parse(out.stdout)
 
 
-def ended(rows: dict[str, str]) -> bool:
-    """True when sacct lists the job and every one of its rows is in a final state."""
-    return bool(rows) and all(state in ENDED for state in rows.values())
+def array_tasks(spec: str) -> set[int]:
+    """The task ids of an sbatch --array spec ("0-15", "1,3,5", "0-7%2")."""
+    ids = set()
+    for part in spec.split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        ids.update(range(int(first), int(last or first) + 1))
+    return ids
+
+
+def ended(rows: dict[str, str], tasks: Optional[set[int]] = None) -> bool:
+    """True when sacct lists the job (with `tasks`: a row of each array task) and every row is final.
+
+    Accounting lags: sacct can list a cancelled task before it lists its siblings, so an array has
+    ended only once every one of its tasks has a final row of its own.
+    """
+    if not rows or any(state not in ENDED for state in rows.values()):
+        return False
+    listed = {int(k.rsplit("_", 1)[1]) for k in rows if "_" in k and k.rsplit("_", 1)[1].isdigit()}
+    return tasks is None or tasks <= listed
 
 
 def wait(job_id: str, poll_seconds: float = 30.0, timeout: Optional[float] = None,
-         query: Callable[[str], dict[str, str]] = states) -> dict[str, str]:
-    """Poll until job `job_id` (every array task) has ended; return the final states."""
+         query: Callable[[str], dict[str, str]] = states, tasks: Optional[set[int]] = None) -> dict[str, str]:
+    """Poll until job `job_id` (each of its array `tasks`) has ended; return the final states."""
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
     while True:
@@ -55,7 +72,7 @@ def wait(job_id: str, poll_seconds: float = 30.0, timeout: Optional[float] = Non
         if rows != last:
             log.info("launch: job %s: %s", job_id, ", ".join(f"{k} {v}" for k, v in sorted(rows.items())) or "queued")
             last = rows
-        if ended(rows):
+        if ended(rows, tasks):
             return rows
         if deadline is not None and time.monotonic() > deadline:
             raise NLTError(f"job {job_id} has not ended after {timeout:.0f} s (states {rows}); "

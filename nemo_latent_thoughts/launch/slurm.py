@@ -19,6 +19,7 @@ from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.prepare import chunks_manifest
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.estep import shard_output_name
+from nemo_latent_thoughts.launch import sacct
 from nemo_latent_thoughts.launch.cluster import ClusterConfig, JobResources
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,15 @@ class Submission:
 def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[str] = None):
     import nemo_run as run
 
+    workdir = cluster.workdir or os.getcwd()
     return run.SlurmExecutor(
         account=cluster.account, partition=cluster.partition, time=resources.time, nodes=resources.nodes,
         ntasks_per_node=resources.tasks_per_node, gpus_per_node=resources.gpus_per_node,
         cpus_per_task=resources.cpus_per_task, array=array, container_image=cluster.container_image,
         container_mounts=list(cluster.container_mounts), env_vars=dict(cluster.env),
-        additional_parameters={"chdir": cluster.workdir or os.getcwd()},
-        # A local tunnel's job_dir must be NeMo-Run's experiments dir ("" = $NEMORUN_HOME/experiments).
-        tunnel=run.LocalTunnel(job_dir=os.path.join(cluster.job_dir, "experiments") if cluster.job_dir else ""),
-        packager=run.Packager())
+        additional_parameters={"chdir": workdir}, poll_estimated_start_time=False,
+        srun_args=["--container-workdir" if cluster.container_image else "--chdir", workdir],  # over NeMo-Run's
+        tunnel=run.LocalTunnel(job_dir=""), packager=run.Packager())  # "": $NEMORUN_HOME/experiments
 
 
 def _nlt(cluster: ClusterConfig, *args: str):
@@ -57,21 +58,35 @@ def _nlt(cluster: ClusterConfig, *args: str):
 def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission:
     """Submit one task through a NeMo-Run experiment (or only write its sbatch script)."""
     import nemo_run as run
+    from nemo_run.config import set_nemorun_home
 
-    with run.Experiment(name, executor=executor, base_dir=job_dir or None, log_level="WARN", clean_mode=True,
+    if job_dir:  # a local tunnel only works in NeMo-Run's home (its job_dir must stay "")
+        set_nemorun_home(job_dir)
+    with run.Experiment(name, executor=executor, log_level="WARN", clean_mode=True,
                         enable_goodbye_message=False) as exp:
         exp.add(task, name=name)
         if dryrun:
             exp.dryrun(log=False, delete_exp_dir=False)
         else:
-            exp.run(detach=True)
+            try:
+                exp.run(detach=True)
+            except Exception as e:  # invoke's UnexpectedExit carries sbatch's own message
+                result = getattr(e, "result", None)
+                why = (getattr(result, "stderr", "") or str(e)).strip().splitlines()[-1:] or [type(e).__name__]
+                raise NLTError(f"sbatch of the {name} job failed: {why[0]}; check the cluster YAML") from None
         script_path = next(Path(exp._exp_dir).glob(f"**/*{name}_sbatch.sh"))
         job_id = None if dryrun else exp.jobs[0].handle.rsplit("/", 1)[-1]
     return Submission(name, script_path.read_text(encoding="utf-8"), job_id, executor.array)
 
 
-def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Submission:
-    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job."""
+def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
+    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job;
+    None when it is already done (both write `done.json` last)."""
+    from nemo_latent_thoughts.train.trainer import DONE  # imports megatron-core: only here
+
+    if (Path(cfg.training.out_dir) / DONE).exists():
+        log.info("launch: M-step %s is complete; nothing to submit", cfg.training.out_dir)
+        return None
     r = cluster.mstep
     args = [cluster.mstep_command, str(recipe)]
     if cluster.mstep_command == "mstep-nemo":
@@ -104,9 +119,24 @@ def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
     return sub
 
 
-def require_recipe_file(recipe: Optional[str]) -> Path:
-    """The recipe path the jobs will read: it must be a file (they get the path, not the overrides)."""
+def wait_for(sub: Submission, poll_seconds: float) -> dict[str, str]:
+    """Wait until the job (every array task) has ended; a one-line error unless all COMPLETED."""
+    rows = sacct.wait(sub.job_id, poll_seconds, tasks=sacct.array_tasks(sub.array) if sub.array else None)
+    failed = sorted({state for state in rows.values() if state != "COMPLETED"})
+    if failed:
+        bad = sum(state != "COMPLETED" for state in rows.values())
+        raise NLTError(f"{sub.name}: job {sub.job_id}: {bad} of {len(rows)} tasks did not complete "
+                       f"({', '.join(failed)}); rerun the same `nlt launch` to resume")
+    return rows
+
+
+def job_recipe(cfg: Config, recipe: Optional[str], overrides: list[str], out_dir: str) -> Path:
+    """The recipe file the jobs read: `recipe` itself, or with overrides the resolved config
+    written to `out_dir/launch/config.yaml`."""
+    from nemo_latent_thoughts.config import save_config
+
     if recipe is None or not Path(recipe).is_file():
-        raise NLTError(f"nlt launch: recipe '{recipe}' is not a file; jobs read the recipe from disk, so pass a "
-                       "YAML (write overrides into it, e.g. with `nlt config RECIPE KEY=VALUE > new.yaml`)")
-    return Path(recipe).absolute()
+        raise NLTError(f"nlt launch: recipe '{recipe}' is not a file; pass the recipe YAML the jobs should run")
+    if not overrides:
+        return Path(recipe).absolute()
+    return save_config(cfg, Path(out_dir, "launch")).absolute()

@@ -58,4 +58,4 @@ def data_module_config(train: Blend, valid: Blend, *, tokenizer: run.Config, seq
     return run.Config(PreTrainingDataModule if raw else LatentThoughtsDataModule,
                       paths=blend_paths(train, valid), seq_length=seq_length, tokenizer=tokenizer,
                       micro_batch_size=micro_batch_size, global_batch_size=global_batch_size, seed=seed,
-                      split=None, num_workers=num_workers)
+                      num_workers=num_workers)

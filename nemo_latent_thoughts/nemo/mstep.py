@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -16,10 +18,12 @@ import nemo_run as run
 from nemo.collections.llm.api import pretrain
 from nemo_run.config import get_type_namespace
 
-from nemo_latent_thoughts.config import Config
+from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts.config import Config, save_config
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.nemo.data import blend_paths
-from nemo_latent_thoughts.nemo.export import NEMO_DIR
+from nemo_latent_thoughts.nemo.export import NEMO_DIR, latest_checkpoint
+from nemo_latent_thoughts.train.trainer import DONE
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +84,40 @@ def round_recipe(cfg: Config, factory: Optional[str] = None, num_nodes: int = 1,
 
 def run_mstep(cfg: Config, factory: Optional[str] = None, *, dryrun: bool = False, num_nodes: int = 1,
               num_gpus: int = 1) -> Path:
-    """Run (or with `dryrun` print) the round's NeMo M-step; returns NeMo's log dir.
+    """Run (or with `dryrun` print) the round's NeMo M-step; returns training.out_dir.
 
     Under `srun` (one task per GPU, as `nlt launch mstep` starts it) every task runs the recipe in
     process and Lightning takes ranks from Slurm; elsewhere more than one GPU goes through torchrun.
+    Then the first process exports the newest checkpoint to `hf/` and writes `done.json`, the
+    outputs `nlt train` leaves, so the E-step and the EM driver treat both trainers alike.
     """
+    out = Path(cfg.training.out_dir)
     recipe = round_recipe(cfg, factory, num_nodes=num_nodes, num_gpus_per_node=num_gpus)
-    out = Path(cfg.training.out_dir) / NEMO_DIR
     if dryrun:
         run.dryrun_fn(recipe)
         return out
+    if (out / DONE).exists():
+        log.info("mstep-nemo: %s is complete; nothing to do", out)
+        return out
     direct = num_gpus == 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    log.info("mstep-nemo: %d steps of %s into %s", recipe.trainer.max_steps, cfg.model.preset, out)
+    log.info("mstep-nemo: %d steps of %s into %s", recipe.trainer.max_steps, cfg.model.preset, out / NEMO_DIR)
     run.run(recipe, executor=None if direct else run.LocalExecutor(ntasks_per_node=num_gpus, launcher="torchrun"),
             name="mstep", direct=direct)
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+        _export_and_mark_done(cfg, recipe.trainer.max_steps)
     return out
+
+
+def _export_and_mark_done(cfg: Config, steps: int) -> None:
+    """`nlt export-nemo` in a fresh single process (this one may hold a multi-rank process group)."""
+    out = Path(cfg.training.out_dir)
+    recipe = save_config(cfg, out)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "export-nemo", str(recipe)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NLTError(f"mstep-nemo: exporting the checkpoint failed: {done.stderr.strip().splitlines()[-1:]}; "
+                       f"retry with `nlt export-nemo {recipe}`")
+    fileio.write_json(out / DONE, {"backend": "nemo", "steps": steps, "checkpoint": str(latest_checkpoint(out / NEMO_DIR)),
+                                   "hf": str(out / "hf"), "init_from": cfg.training.init_from})

@@ -73,26 +73,29 @@ def bolt_recipe(preset: str, *, data_dir: str, tokenizer_path: str, dir: Optiona
         trainer=trainer, log=log, optim=optim, resume=default_resume())
 
 
+# The paper's continued-pretraining schedule (TinyLlama-1.1B), and a CPU-demo-sized one.
+PAPER = dict(seq_length=2048, micro_batch_size=4, global_batch_size=256, max_steps=10_000, lr=1e-4, min_lr=1e-5,
+             warmup_steps=1000)
+SMALL = dict(seq_length=256, micro_batch_size=4, global_batch_size=8, max_steps=100, lr=2e-3, min_lr=2e-4,
+             warmup_steps=20)
+
+
 @run.cli.factory(target=pretrain, name="nlt_tinyllama_1b_bolt")
 def nlt_tinyllama_1b_bolt(dir: Optional[str] = None, name: str = "nlt_tinyllama_1b_bolt",
                           data_dir: str = "run/round_01/data", tokenizer_path: str = "run/tokenizer",
                           num_nodes: int = 1, num_gpus_per_node: int = 8, raw: bool = False) -> run.Partial:
     """TinyLlama-1.1B continued pretraining on latent-augmented data (the paper's recipe)."""
     return bolt_recipe("tinyllama-1.1b", data_dir=data_dir, tokenizer_path=tokenizer_path, dir=dir, name=name,
-                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, seq_length=2048,
-                       micro_batch_size=4, global_batch_size=256, max_steps=10_000, lr=1e-4, min_lr=1e-5,
-                       warmup_steps=1000, raw=raw)
+                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, raw=raw, **PAPER)
 
 
 @run.cli.factory(target=pretrain, name="nlt_llama32_1b_bolt")
 def nlt_llama32_1b_bolt(dir: Optional[str] = None, name: str = "nlt_llama32_1b_bolt",
                         data_dir: str = "run/round_01/data", tokenizer_path: str = "run/tokenizer",
                         num_nodes: int = 1, num_gpus_per_node: int = 8, raw: bool = False) -> run.Partial:
-    """Llama-3.2-1B continued pretraining on latent-augmented data, with the paper's optimizer."""
+    """Llama-3.2-1B continued pretraining on latent-augmented data, with the paper's schedule."""
     return bolt_recipe("llama3.2-1b", data_dir=data_dir, tokenizer_path=tokenizer_path, dir=dir, name=name,
-                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, seq_length=2048,
-                       micro_batch_size=4, global_batch_size=256, max_steps=10_000, lr=1e-4, min_lr=1e-5,
-                       warmup_steps=1000, raw=raw)
+                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, raw=raw, **PAPER)
 
 
 @run.cli.factory(target=pretrain, name="nlt_tiny_bolt")
@@ -101,6 +104,4 @@ def nlt_tiny_bolt(dir: Optional[str] = None, name: str = "nlt_tiny_bolt",
                   num_nodes: int = 1, num_gpus_per_node: int = 1, raw: bool = False) -> run.Partial:
     """The tiny preset (2 layers, GQA) on the demo's data: for tests and smoke runs."""
     return bolt_recipe("tiny", data_dir=data_dir, tokenizer_path=tokenizer_path, dir=dir, name=name,
-                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, seq_length=256,
-                       micro_batch_size=4, global_batch_size=8, max_steps=100, lr=2e-3, min_lr=2e-4,
-                       warmup_steps=20, raw=raw)
+                       num_nodes=num_nodes, num_gpus_per_node=num_gpus_per_node, raw=raw, **SMALL)

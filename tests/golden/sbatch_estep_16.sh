@@ -15,7 +15,7 @@
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --open-mode=append
-#SBATCH --output=<TMP>/nemo_run/experiments/estep/estep_<EXP_ID>/estep/sbatch_my_account-account.estep_%A_%a.out
+#SBATCH --output=<TMP>/nemorun_home/experiments/estep/estep_<EXP_ID>/estep/sbatch_my_account-account.estep_%A_%a.out
 #SBATCH --partition=batch
 #SBATCH --time=04:00:00
 
@@ -39,7 +39,7 @@ export HF_HUB_OFFLINE=1
 
 # Command 1
 
-srun --output <TMP>/nemo_run/experiments/estep/estep_<EXP_ID>/estep/log-my_account-account.estep_%j_${SLURM_RESTART_COUNT:-0}.out --container-image nvcr.io/nvidia/nemo:25.09 --container-mounts /lustre/runs:/lustre/runs,/lustre/models:/lustre/models,<TMP>/nemo_run/experiments/estep/estep_<EXP_ID>/estep:/nemo_run --container-workdir /nemo_run/code --wait=60 --kill-on-bad-exit=1 python -m nemo_latent_thoughts.cli estep <TMP>/run/round_01/config.yaml --shard $SLURM_ARRAY_TASK_ID --num-shards 16
+srun --output <TMP>/nemorun_home/experiments/estep/estep_<EXP_ID>/estep/log-my_account-account.estep_%j_${SLURM_RESTART_COUNT:-0}.out --container-image nvcr.io/nvidia/nemo:25.09 --container-mounts /lustre/runs:/lustre/runs,/lustre/models:/lustre/models,<TMP>/nemorun_home/experiments/estep/estep_<EXP_ID>/estep:/nemo_run --container-workdir /nemo_run/code --wait=60 --kill-on-bad-exit=1 --container-workdir /lustre/runs python -m nemo_latent_thoughts.cli estep <TMP>/run/round_01/config.yaml --shard $SLURM_ARRAY_TASK_ID --num-shards 16
 
 exitcode=$?
 

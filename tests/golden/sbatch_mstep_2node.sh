@@ -13,7 +13,7 @@
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
 #SBATCH --open-mode=append
-#SBATCH --output=<TMP>/nemo_run/experiments/mstep/mstep_<EXP_ID>/mstep/sbatch_my_account-account.mstep_%j.out
+#SBATCH --output=<TMP>/nemorun_home/experiments/mstep/mstep_<EXP_ID>/mstep/sbatch_my_account-account.mstep_%j.out
 #SBATCH --partition=batch
 #SBATCH --time=12:00:00
 
@@ -37,7 +37,7 @@ export HF_HUB_OFFLINE=1
 
 # Command 1
 
-srun --output <TMP>/nemo_run/experiments/mstep/mstep_<EXP_ID>/mstep/log-my_account-account.mstep_%j_${SLURM_RESTART_COUNT:-0}.out --container-image nvcr.io/nvidia/nemo:25.09 --container-mounts /lustre/runs:/lustre/runs,/lustre/models:/lustre/models,<TMP>/nemo_run/experiments/mstep/mstep_<EXP_ID>/mstep:/nemo_run --container-workdir /nemo_run/code --wait=60 --kill-on-bad-exit=1 python -m nemo_latent_thoughts.cli mstep-nemo <TMP>/run/round_01/config.yaml --nodes 2 --gpus 8
+srun --output <TMP>/nemorun_home/experiments/mstep/mstep_<EXP_ID>/mstep/log-my_account-account.mstep_%j_${SLURM_RESTART_COUNT:-0}.out --container-image nvcr.io/nvidia/nemo:25.09 --container-mounts /lustre/runs:/lustre/runs,/lustre/models:/lustre/models,<TMP>/nemorun_home/experiments/mstep/mstep_<EXP_ID>/mstep:/nemo_run --container-workdir /nemo_run/code --wait=60 --kill-on-bad-exit=1 --container-workdir /lustre/runs python -m nemo_latent_thoughts.cli mstep-nemo <TMP>/run/round_01/config.yaml --nodes 2 --gpus 8
 
 exitcode=$?
 
