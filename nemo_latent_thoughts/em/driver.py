@@ -141,7 +141,8 @@ def run_em(cfg: Config, until: Optional[str] = None) -> Path:
                 run_stage(cfg, stage)
             except _WaitForCluster as wait:
                 print(f"em: {stage.name}: em.run_mstep is false; train {wait.recipe} on the cluster "
-                      f"(nlt train {wait.recipe}, or the NeMo recipe), then rerun `nlt em run` to continue")
+                      f"(nlt launch mstep {wait.recipe} --cluster CLUSTER.yaml, or nlt mstep-nemo / nlt train), "
+                      "then rerun `nlt em run` to continue")
                 return run
             timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - began
             fileio.write_json(timings_path, timings)
