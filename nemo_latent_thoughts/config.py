@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,6 +444,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: 
         except (OmegaConfBaseException, yaml.YAMLError) as e:
             raise NLTError(f"override '{override}': {_first_line(e)}") from None
         merged = _merge(merged, dotlist, source=f"override '{override}'")
+    if isinstance(merged.get("run_dir"), str) and not os.path.isabs(merged.run_dir):
+        # Every ${run_dir} path becomes absolute: saved configs and round recipes then mean the same
+        # files from any working directory (a cluster job's, `nlt em status`'s).
+        merged.run_dir = os.path.abspath(merged.run_dir)
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
 def test_no_file_gives_the_embedded_defaults_resolved():
     cfg = load_config(None)
     assert cfg.synthetic == Config().synthetic and cfg.model == Config().model
-    assert cfg.tokenizer.path == "runs/demo/tokenizer"  # ${run_dir} interpolations are resolved
+    # ${run_dir} interpolations are resolved, and a relative run_dir becomes absolute
+    assert cfg.run_dir == os.path.abspath("runs/demo") and cfg.tokenizer.path == os.path.abspath("runs/demo/tokenizer")
     assert load_config(None, ["run_dir=/r"]).data.corpus == ["/r/corpus.jsonl"]
 
 

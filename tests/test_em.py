@@ -21,11 +21,12 @@ TIMED = {"timings.json", "report.md", "metrics.jsonl", "done.json", "report.png"
 
 
 def artefacts(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run except timed ones and checkpoints."""
+    """Every file of a run except timed ones, checkpoints and temporaries of killed writes."""
     out = {}
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
-        if path.is_file() and path.name not in TIMED and "checkpoints" not in rel.parts and not rel.name.startswith(".tmp"):
+        stale = any(part.startswith(".tmp-") for part in rel.parts)  # what a killed atomic write left
+        if path.is_file() and path.name not in TIMED and "checkpoints" not in rel.parts and not stale:
             out[str(rel)] = path.read_bytes()
     return out
 
@@ -83,9 +84,11 @@ def test_kill_9_at_several_points_then_rerun_gives_identical_artefacts(tmp_path)
     assert [name for name in want if got[name] != want[name]] == []
 
 
-def test_status_shows_done_running_and_pending(tmp_path, capsys):
+def test_status_shows_done_running_and_pending(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    assert main(["em", "run", f"run_dir={run}", *TINY, "--until", "round 0 data"]) == 0
+    monkeypatch.chdir(tmp_path)  # a relative run_dir: the saved config holds absolute paths
+    assert main(["em", "run", "run_dir=run", *TINY, "--until", "round 0 data"]) == 0
+    monkeypatch.chdir(run)
     rows = dict(status(run))
     assert rows["prepare"] == rows["round 0 data"] == "done"
     assert rows["round 0 recipe"] == "pending" and rows["report"] == "pending"

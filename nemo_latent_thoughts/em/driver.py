@@ -161,7 +161,7 @@ def status(run_dir: str | Path) -> list[tuple[str, str]]:
     run = Path(run_dir)
     if not (run / "config.yaml").exists():
         raise NLTError(f"{run}: no config.yaml; not an EM run directory (start one with `nlt em run RECIPE`)")
-    cfg = config_lib.load_config(run / "config.yaml")
+    cfg = config_lib.load_config(run / "config.yaml", [f"run_dir={run.resolve()}"])
     alive = False
     if (run / PID).exists():
         try:

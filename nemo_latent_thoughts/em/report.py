@@ -32,7 +32,7 @@ def _accuracy(summary: Optional[dict], mode: str) -> Optional[tuple[float, float
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Per round and per baseline: E-step metrics, data sizes, training and eval results; costs."""
-    cfg = config_lib.load_config(run_dir / "config.yaml")
+    cfg = config_lib.load_config(run_dir / "config.yaml", [f"run_dir={run_dir.resolve()}"])
     rows = []
     for r in range(cfg.em.num_rounds + 1):
         d = round_dir(cfg, r)
@@ -76,16 +76,16 @@ def plot(results: dict, path: Path) -> None:
     xs = [r["round"] for r in rounds]
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
     ax = axes[0, 0]
-    for mode in modes:
+    for mode, color in zip(modes, ("tab:blue", "tab:orange")):
         acc = [_accuracy(r["eval"], mode) for r in rounds]
         pts = [(x, a) for x, a in zip(xs, acc) if a]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], marker="o", capsize=3,
-                        label=f"EM ({mode})")
-        for b in results["baselines"]:
+                        color=color, label=f"EM ({mode})")
+        for b, style in zip(results["baselines"], ("--", ":")):
             a = _accuracy(b["eval"], mode)
             if a:
-                ax.axhline(a[0], linestyle="--", alpha=0.6, label=f"{b['name']} ({mode})")
+                ax.axhline(a[0], linestyle=style, color=color, alpha=0.7, label=f"{b['name']} ({mode})")
     ax.set(title="accuracy", xlabel="round")
     ax.legend(fontsize=7)
     series = [("held-out ELBO / raw token", lambda r: ((r["eval"] or {}).get("heldout") or {}).get("elbo_per_raw_token")),
@@ -98,10 +98,10 @@ def plot(results: dict, path: Path) -> None:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         if title.startswith("held-out"):
-            for b in results["baselines"]:
+            for b, style in zip(results["baselines"], ("--", ":")):
                 lp = ((b["eval"] or {}).get("heldout") or {}).get("logp_per_raw_token")
                 if lp is not None:
-                    ax.axhline(lp, linestyle="--", alpha=0.6, label=f"{b['name']} log p(x)")
+                    ax.axhline(lp, linestyle=style, color="gray", label=f"{b['name']} log p(x)")
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         ax.set(title=title, xlabel="round")
