@@ -122,7 +122,7 @@ class ModelConfig:
     """The Llama-style model (`nemo_latent_thoughts.model.presets`)."""
 
     preset: str = "tiny"
-    """Model preset: tiny, tinyllama-1.1b or llama3.2-1b (ignored with training.init_from)."""
+    """Model preset: tiny, small, tinyllama-1.1b or llama3.2-1b (ignored with training.init_from)."""
     make_vocab_size_divisible_by: int = 128
     """Pad the vocabulary (tokenizer + special tokens) to a multiple of this, as Megatron does."""
 

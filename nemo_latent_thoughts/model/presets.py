@@ -43,6 +43,9 @@ PRESETS: dict[str, ModelShape] = {
     # CPU tests and the demo: GQA, untied embeddings, trains at ~0.04 s/step on 4x128 tokens.
     "tiny": ModelShape(num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4,
                        num_query_groups=2, vocab_size=512, seq_length=256),
+    # CPU experiments (examples/toy_claims): 4 layers, width 128, about 4x the tiny preset's cost.
+    "small": ModelShape(num_layers=4, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
+                        num_query_groups=2, vocab_size=512, seq_length=256),
     # TinyLlama/TinyLlama-1.1B (the paper's model), Llama-2 vocabulary.
     "tinyllama-1.1b": ModelShape(num_layers=22, hidden_size=2048, ffn_hidden_size=5632,
                                  num_attention_heads=32, num_query_groups=4, vocab_size=32000,
