@@ -38,24 +38,19 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int],
-             stop_text: str, batch_size: int) -> list[list[int]]:
-    """Greedy continuations (left-padded batches), cut at the first stop id."""
+def generate(model, tokenizer, batch: list[list[int]], max_new_tokens: int, stop_ids: list[int],
+             stop_text: str) -> list[list[int]]:
+    """Greedy continuations of one left-padded batch, each cut at its first stop id."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        width = max(map(len, batch))
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=stop_ids, pad_token_id=pad,
-                                 stop_strings=[stop_text], tokenizer=tokenizer)
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
-            outputs.append(row[:cut])
-    return outputs
+    width = max(map(len, batch))
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop_ids, pad_token_id=pad,
+                             stop_strings=[stop_text], tokenizer=tokenizer)
+    rows = out[:, width:].tolist()
+    return [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
 
 
 def _accuracy_part(path: Path) -> list[bool]:
@@ -75,9 +70,10 @@ def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
             break
         try:
             text = json.loads(line)[cfg.data.text_field]
-            assert isinstance(text, str)
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise NLTError(f"{path}:{number}: needs a JSON object with a string '{cfg.data.text_field}' field") from None
+        except (ValueError, KeyError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise NLTError(f"{path}:{number}: needs a JSON object with a string '{cfg.data.text_field}' field")
         parts = chunk_text(text, cfg.seed, cfg.data.mean_chunk_sentences, cfg.data.max_chunk_sentences)
         tokens = encode_raw(tokenizer, parts)
         for i, t in enumerate(tokens):
@@ -156,11 +152,12 @@ def _evaluate(model, tokenizer, ids, shots: list[EvalItem], items: list[EvalItem
               cfg: Config) -> None:
     e = cfg.eval
     prompts = [prompt_ids(tokenizer, ids, shots, item, mode, e.max_prompt_tokens, e.template) for item in items]
+    # A thought may contain the statement template's full stops: in latent mode stop only at a new question.
+    stop_text = STOP_TEXT[e.template] if mode == "plain" else STOP_TEXT["qa"]
     generated: list[list[int]] = []
     for start in tqdm(range(0, len(prompts), e.batch_size), desc=f"eval {part.stem}", unit="batch", mininterval=1.0):
         generated += generate(model, tokenizer, prompts[start:start + e.batch_size], e.max_new_tokens,
-                              [ids.eos, ids.sol], STOP_TEXT[e.template] if mode == "plain" else STOP_TEXT["qa"],
-                              e.batch_size)
+                              [ids.eos, ids.sol], stop_text)
     records = []
     for item, tokens in zip(items, generated):
         thought, answer = answer_text(tokenizer, ids, tokens, mode, e.template)

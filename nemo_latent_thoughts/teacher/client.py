@@ -88,7 +88,8 @@ class ChatClient:
 
     async def complete(self, body: dict) -> dict:
         """The server's validated response JSON for `body`; RequestFailed after the last retry."""
-        for attempt in range(self.cfg.max_retries + 1):
+        attempt = 0
+        while True:
             data, reason, wait = await self._attempt(body)
             if data is not None:
                 return data
@@ -100,7 +101,7 @@ class ChatClient:
                 wait = cap * self._rng.uniform(0.5, 1.0)
             log.debug("teacher: %s, retry %d in %.2f s", reason, attempt + 1, wait)
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def _attempt(self, body: dict) -> tuple[Optional[dict], Optional[str], Optional[float]]:
         """(response, None, None) on success, else (None, failure reason, server-requested wait)."""
