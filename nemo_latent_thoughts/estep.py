@@ -80,7 +80,8 @@ def read_chunk_shard(path: Path) -> list[dict]:
     return records
 
 
-def _chunk_inputs(records: list[dict], tokens: list[list[int]]) -> list[ChunkInput]:
+def chunk_inputs(records: list[dict], tokens: list[list[int]]) -> list[ChunkInput]:
+    """Chunk records (with their raw tokens) as E-step inputs, each with its context chunks' tokens."""
     by_key = {(r["doc_id"], r["chunk_idx"]): t for r, t in zip(records, tokens)}
     inputs = []
     for r, t in zip(records, tokens):
@@ -132,7 +133,7 @@ class EStep:
         if out.exists():
             return
         records = read_chunk_shard(self.chunk_shards[index])
-        inputs = _chunk_inputs(records, encode_raw(self.tokenizer, [r["text"] for r in records]))
+        inputs = chunk_inputs(records, encode_raw(self.tokenizer, [r["text"] for r in records]))
         parts = self.out / ".parts" / out.stem
         size = self.e.chunks_per_part
         bar = tqdm(total=len(inputs), desc=f"estep {out.stem}", unit="chunk", mininterval=1.0, dynamic_ncols=True)

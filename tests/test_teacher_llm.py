@@ -16,7 +16,6 @@ from conftest import kill_9_when, make_run
 
 from nemo_latent_thoughts.data.prepare import prepare
 from nemo_latent_thoughts.errors import NLTError
-from nemo_latent_thoughts.teacher.cache import request_key
 from nemo_latent_thoughts.teacher.client import retry_after
 from nemo_latent_thoughts.teacher.fake_server import Behaviour, FakeServer, answer
 from nemo_latent_thoughts.teacher.llm import CACHE, LLMTeacher
@@ -160,9 +159,9 @@ def test_kill_9_then_rerun_resends_nothing_already_answered(server, llm_run, tmp
     teacher = LLMTeacher(cfg.teacher, out, cfg.seed)
     resent = 0
     for item in items:
-        body = teacher.body(item)
+        key, body = teacher.request(item)
         prompt_key = hashlib.sha256(body["messages"][0]["content"].encode()).hexdigest()
-        if request_key(teacher.url, body) in kept:
+        if key in kept:
             resent += srv.requests[prompt_key] != sent_before.get(prompt_key, 0)
     assert len(kept) >= 20 and resent == 0
     assert manifest(out)["cache_hits"] >= len(kept) and len(read_latents(out)) == len(items)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nemo_latent_thoughts.em.report import collect
+from nemo_latent_thoughts.em.report import accuracy, collect
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "toy_claims.yaml"
 EXPERIMENTS = {
@@ -36,12 +36,9 @@ def metrics(run_dir: Path) -> dict[str, dict[str, float | None]]:
     results = collect(run_dir)
     out = {}
     for row in results["rounds"] + results["baselines"]:
-        summary = row["eval"] or {}
-        files = list(summary.get("files", {}).values())
-        heldout = summary.get("heldout") or {}
+        heldout = (row["eval"] or {}).get("heldout") or {}
         out[row["name"]] = {
-            **{f"accuracy_{m}": float(np.mean([f[m]["accuracy_mean"] for f in files])) if files else None
-               for m in results["cfg"].eval.modes},
+            **{f"accuracy_{m}": (accuracy(row["eval"], m) or (None,))[0] for m in results["cfg"].eval.modes},
             "heldout_elbo": heldout.get("elbo_per_raw_token"), "heldout_logp": heldout.get("logp_per_raw_token")}
     return out
 

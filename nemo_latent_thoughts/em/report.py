@@ -20,7 +20,7 @@ def _read(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _accuracy(summary: Optional[dict], mode: str) -> Optional[tuple[float, float]]:
+def accuracy(summary: Optional[dict], mode: str) -> Optional[tuple[float, float]]:
     """Mean and std of accuracy in `mode`, averaged over the evaluation files."""
     if not summary:
         return None
@@ -58,7 +58,7 @@ def _row_metrics(row: dict, modes: list[str]) -> list[str]:
     e = (row["estep"] or {}).get("metrics", {})
     heldout = (row["eval"] or {}).get("heldout") or {}
     train = (row["data"] or {}).get("splits", {}).get("train", {})
-    return [row["name"], *[_fmt(_accuracy(row["eval"], m)) for m in modes],
+    return [row["name"], *[_fmt(accuracy(row["eval"], m)) for m in modes],
             _fmt(heldout.get("elbo_per_raw_token")), _fmt(heldout.get("logp_per_raw_token")),
             _fmt(e.get("elbo_per_raw_token")), _fmt(e.get("mean_ess"), 2), _fmt(e.get("rejected_share")),
             _fmt(e.get("mean_latent_length"), 1), _fmt(train.get("raw_tokens")), _fmt(train.get("latent_tokens")),
@@ -77,13 +77,13 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
     ax = axes[0, 0]
     for mode, color in zip(modes, ("tab:blue", "tab:orange")):
-        acc = [_accuracy(r["eval"], mode) for r in rounds]
+        acc = [accuracy(r["eval"], mode) for r in rounds]
         pts = [(x, a) for x, a in zip(xs, acc) if a]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], marker="o", capsize=3,
                         color=color, label=f"EM ({mode})")
         for b, style in zip(results["baselines"], ("--", ":")):
-            a = _accuracy(b["eval"], mode)
+            a = accuracy(b["eval"], mode)
             if a:
                 ax.axhline(a[0], linestyle=style, color=color, alpha=0.7, label=f"{b['name']} ({mode})")
     ax.set(title="accuracy", xlabel="round")

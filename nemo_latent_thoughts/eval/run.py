@@ -23,7 +23,8 @@ from tqdm import tqdm
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.data.chunking import chunk_text
+from nemo_latent_thoughts.data.corpus import CorpusReader
+from nemo_latent_thoughts.data.prepare import chunk_records
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.eval.data import EvalItem, load_items
 from nemo_latent_thoughts.eval.grade import has_answer, is_correct
@@ -58,28 +59,18 @@ def _accuracy_part(path: Path) -> list[bool]:
 
 
 def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
-    """The first `eval.elbo_chunks` chunks of `eval.elbo_corpus`, chunked like the training corpus."""
-    path = cfg.eval.elbo_corpus
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise NLTError(f"eval.elbo_corpus: cannot read {path}: {e.strerror}") from None
-    chunks: list[ChunkInput] = []
-    for number, line in enumerate(lines, 1):
-        if len(chunks) >= cfg.eval.elbo_chunks:
+    """The first `eval.elbo_chunks` chunks of `eval.elbo_corpus`, read and chunked like the training corpus."""
+    from nemo_latent_thoughts.estep import chunk_inputs
+
+    path = Path(cfg.eval.elbo_corpus)
+    if not path.is_file():
+        raise NLTError(f"eval.elbo_corpus: {path} is not a file; point it at held-out JSONL or Parquet documents")
+    records: list[dict] = []
+    for doc in CorpusReader([path], cfg.data.text_field, cfg.data.id_field):
+        if len(records) >= cfg.eval.elbo_chunks:
             break
-        try:
-            text = json.loads(line)[cfg.data.text_field]
-        except (ValueError, KeyError, TypeError):
-            text = None
-        if not isinstance(text, str):
-            raise NLTError(f"{path}:{number}: needs a JSON object with a string '{cfg.data.text_field}' field")
-        parts = chunk_text(text, cfg.seed, cfg.data.mean_chunk_sentences, cfg.data.max_chunk_sentences)
-        tokens = encode_raw(tokenizer, parts)
-        for i, t in enumerate(tokens):
-            first = max(0, i - cfg.data.context_chunks)
-            chunks.append(ChunkInput(f"heldout:{number}", i, t, [x for c in tokens[first:i] for x in c]))
-    return chunks[:cfg.eval.elbo_chunks]
+        records += chunk_records(doc, cfg.data, cfg.seed)
+    return chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))[:cfg.eval.elbo_chunks]
 
 
 def heldout_likelihood(cfg: Config, tokenizer) -> dict:

@@ -58,6 +58,11 @@ class LLMTeacher:
                 "seed": stable_seed(self.seed, "teacher", item.doc_id, item.chunk_idx) % 2**31,
                 "messages": [{"role": "user", "content": render(self.template, item.prefix, item.suffix)}]}
 
+    def request(self, item) -> tuple[str, dict]:
+        """(cache key, body) of one chunk's request."""
+        body = self.body(item)
+        return request_key(self.url, body), body
+
     def run(self, items: Sequence, progress) -> list[tuple[Optional[str], Optional[str]]]:
         """(latent_text, None) or (None, failure reason) per item, in order."""
         key = api_key(self.cfg) if self.live else None
@@ -76,8 +81,7 @@ class LLMTeacher:
         return results
 
     async def _one(self, client: ChatClient, item):
-        body = self.body(item)
-        key = request_key(self.url, body)
+        key, body = self.request(item)
         cached = self.cache.get(key)
         if cached is not None:
             self.cache_hits += 1
@@ -98,15 +102,14 @@ class LLMTeacher:
         """Batch API request files for the items not answered yet."""
         requests = {}
         for item in items:
-            body = self.body(item)
-            key = request_key(self.url, body)
+            key, body = self.request(item)
             if self.cache.get(key) is None:
                 requests[key] = body
         return batch.write_requests(directory, requests.items())
 
     def read_batch(self, items: Sequence, paths: Sequence[str]) -> None:
         """Put the answers of Batch API output files into the cache; then answer only from the cache."""
-        wanted = {request_key(self.url, self.body(item)) for item in items}
+        wanted = {self.request(item)[0] for item in items}
         for path in paths:
             for key, response, failure in batch.read_responses(path):
                 if key not in wanted:
