@@ -43,6 +43,8 @@ class SyntheticConfig:
     """Most problems in one document."""
     max_operand: int = 50
     """Operands are drawn from 2..max_operand."""
+    max_operations: int = 3
+    """A problem's expression has 1..max_operations operations."""
     seed: int = 0
     """Seed of the generator: the same seed always gives the same bytes."""
 
@@ -51,6 +53,7 @@ class SyntheticConfig:
         _require(1 <= self.min_problems <= self.max_problems, "min_problems",
                  "must be >= 1 and <= max_problems")
         _require(self.max_operand >= 2, "max_operand", "must be >= 2")
+        _require(self.max_operations >= 1, "max_operations", "must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -343,7 +346,10 @@ class EvalConfig:
     elbo_corpus: Optional[str] = "${run_dir}/eval_data/heldout.jsonl"
     """Held-out documents (JSONL with a text field) for the ELBO per raw token; unset: no ELBO."""
     elbo_chunks: int = 64
-    """Held-out chunks scored for the ELBO (K = estep.num_samples latents each)."""
+    """Held-out chunks scored for the ELBO."""
+    elbo_samples: int = 4
+    """K latents per held-out chunk: fixed apart from estep.num_samples, so runs with different
+    E-step K report comparable held-out ELBOs."""
 
     def check(self) -> None:
         _require(bool(self.data), "data", "needs at least one evaluation file")
@@ -354,7 +360,7 @@ class EvalConfig:
         _require(self.template in ("qa", "statement"), "template", "must be qa or statement")
         _require(self.max_examples is None or self.max_examples >= 1, "max_examples", "must be >= 1")
         _at_least(self, 0, "num_shots", "elbo_chunks")
-        _at_least(self, 1, "max_new_tokens", "max_prompt_tokens", "batch_size")
+        _at_least(self, 1, "max_new_tokens", "max_prompt_tokens", "batch_size", "elbo_samples")
 
 
 @dataclass(kw_only=True)

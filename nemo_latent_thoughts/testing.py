@@ -13,6 +13,7 @@ Everything is seeded and deterministic: the same arguments always give the same 
 from __future__ import annotations
 
 import ast
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ _RESULT_OPENERS = ("Then", "So", "Hence", "We get")
 _BIND_SENTENCE = re.compile(rf"\b(?:{'|'.join(_BIND_OPENERS)})\s+([^.]*)\.")
 _BINDING = re.compile(r"\b([a-z])\s*=\s*(-?\d+)\b")
 _RESULT = re.compile(rf"\b(?:{'|'.join(_RESULT_OPENERS)})\s+([a-z0-9*+\-() ]+?)\s*=\s*(-?\d+)\.")
+_PROBLEM = re.compile(_BIND_SENTENCE.pattern + r"\s+" + _RESULT.pattern)
 _PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2}
 _SYMBOL = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: "*"}
 
@@ -47,12 +49,12 @@ class Problem:
         return f"{rng.choice(_BIND_OPENERS)} {listed}. {rng.choice(_RESULT_OPENERS)} {self.expression} = {self.value}."
 
 
-def random_problem(rng: random.Random, max_operand: int) -> Problem:
-    """A problem with 2-3 variables and 1-3 operations."""
+def random_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
+    """A problem with 2-3 variables and 1..cfg.max_operations operations."""
     names = rng.sample(_VARIABLES, rng.randint(2, 3))
-    values = {n: rng.randint(2, max_operand) for n in names}
+    values = {n: rng.randint(2, cfg.max_operand) for n in names}
     node: ast.expr = ast.Name(names[0])
-    for i in range(rng.randint(1, 3)):
+    for i in range(rng.randint(1, cfg.max_operations)):
         leaf = ast.Name(names[(i + 1) % len(names)])
         op = rng.choice([ast.Add, ast.Sub, ast.Mult])()
         node = ast.BinOp(node, op, leaf) if rng.random() < 0.6 else ast.BinOp(leaf, op, node)
@@ -65,7 +67,7 @@ def generate_corpus(cfg: SyntheticConfig) -> list[dict]:
     docs = []
     for i in range(cfg.num_docs):
         rng = random.Random(f"{cfg.seed}:{i}")
-        problems = [random_problem(rng, cfg.max_operand).text(rng)
+        problems = [random_problem(rng, cfg).text(rng)
                     for _ in range(rng.randint(cfg.min_problems, cfg.max_problems))]
         paragraphs, start = [], 0
         while start < len(problems):
@@ -76,21 +78,41 @@ def generate_corpus(cfg: SyntheticConfig) -> list[dict]:
     return docs
 
 
-def synthetic_eval_items(count: int, seed: int, max_operand: int = 50) -> list[dict]:
+def problem_keys(text: str) -> set[tuple]:
+    """`(bindings, expression)` of every problem stated in `text` (a binding sentence, then its result)."""
+    return {(tuple(_BINDING.findall(m.group(1))), m.group(2).strip()) for m in _PROBLEM.finditer(text)}
+
+
+def question_key(question: str) -> tuple:
+    """The `problem_keys` key of a `synthetic_eval_items` question."""
+    context, expression = question.rsplit(" What is ", 1)
+    return tuple(_BINDING.findall(context)), expression.rstrip("?")
+
+
+def synthetic_eval_items(count: int, seed: int, cfg: SyntheticConfig = SyntheticConfig(),
+                         exclude: set[tuple] = frozenset()) -> list[dict]:
     """GSM8K-format questions from the corpus's own process: `{"question", "answer"}`.
 
     `Let a = 37 and b = 45. What is a*b - a?` with the answer `a*b - a = 37*45 - 37 = 1665 - 37 =
-    1628.` and `#### 1628`. Use a seed the corpus never used, so nothing here is trained on.
+    1628.` and `#### 1628`. Use a seed the corpus never used, and `exclude` the corpus's
+    `problem_keys`, so that no question is ever trained on (the same problem can recur by chance).
     """
     rng = random.Random(f"eval:{seed}")
-    items = []
-    for _ in range(count):
-        problem = random_problem(rng, max_operand)
+    items: list[dict] = []
+    for attempt in itertools.count(1):  # returns or raises
+        if len(items) == count:
+            return items
+        if attempt > 100 * count:
+            raise NLTError(f"synthetic: could not draw {count} eval problems absent from the corpus; "
+                           "raise synthetic.max_operand or lower em.synthetic_eval_examples")
+        problem = random_problem(rng, cfg)
         text = problem.text(rng)
         binding = text[: text.index(". ") + 1]
+        item = {"question": f"{binding} What is {problem.expression}?"}
+        if question_key(item["question"]) in exclude:
+            continue
         steps = program_teacher(binding + " ", f"Then {problem.expression} = {problem.value}.")
-        items.append({"question": f"{binding} What is {problem.expression}?", "answer": f"{steps}\n#### {problem.value}"})
-    return items
+        items.append({**item, "answer": f"{steps}\n#### {problem.value}"})
 
 
 def program_teacher(prefix: str, chunk: str) -> str:

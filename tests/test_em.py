@@ -110,3 +110,38 @@ def test_recipe_only_rounds_wait_for_the_cluster(tmp_path, capsys):
     assert main(args) == 0  # continues: round 1's E-step uses that model, then waits again
     assert (run / "round_01" / "estep" / "manifest.json").is_file()
     assert f"train {run / 'round_01' / 'recipe.yaml'} on the cluster" in capsys.readouterr().out
+
+
+def test_no_eval_question_appears_in_any_training_shard(tmp_path):
+    """Held-out eval questions are drawn from the corpus's process but never trained on.
+
+    Tiny operands and one operation make chance collisions with the corpus likely, so the check
+    has something to catch: the unfiltered generator does collide.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    from nemo_latent_thoughts import testing
+
+    run = tmp_path / "run"
+    overrides = ["synthetic.num_docs=100", "synthetic.max_operand=2", "synthetic.max_operations=1",
+                 "tokenizer.vocab_size=320", "em.synthetic_eval_examples=100"]
+    assert main(["em", "run", f"run_dir={run}", *overrides, "--until", "round 0 data"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    prefixes = [p.with_suffix("") for p in run.rglob("*.idx") if p.name in ("train.idx", "valid.idx")]
+    assert {p.parent.parent.name for p in prefixes} == {"raw", "round_00"}
+    shards = [IndexedDataset(str(p)) for p in prefixes]  # kept alive: documents are views of its mmap
+    trained = "\n".join(tokenizer.decode(shard[i].tolist()) for shard in shards for i in range(len(shard)))
+
+    def stated(question: str) -> bool:  # the problem, whatever openers the corpus drew for it
+        context, expression = question[:-1].split(" What is ")
+        listed = context.split(" ", 1)[1].rstrip(".")
+        return any(f"{listed}. {opener} {expression} = " in trained for opener in ("Then", "So", "Hence", "We get"))
+
+    for name in ("test", "shots"):
+        questions = [json.loads(line)["question"] for line in (run / "eval_data" / f"{name}.jsonl").open()]
+        assert len(questions) == (100 if name == "test" else 32)
+        assert not [q for q in questions if stated(q)], name
+    cfg = load_config(run / "config.yaml").synthetic
+    unfiltered = testing.synthetic_eval_items(100, cfg.seed + 1_000_003, cfg)
+    assert [item for item in unfiltered if stated(item["question"])]

@@ -117,7 +117,7 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
     fileio.write_jsonl(tmp_path / "heldout.jsonl", testing.generate_corpus(replace(cfg.synthetic, num_docs=2, seed=99)))
     e = replace(cfg.eval, model=str(trained_model), out_dir=str(tmp_path / "eval"), data=[str(tmp_path / "test.jsonl")],
                 shots=str(tmp_path / "shots.jsonl"), seeds=[0, 1], max_new_tokens=12, max_prompt_tokens=128,
-                elbo_corpus=str(tmp_path / "heldout.jsonl"), elbo_chunks=3)
+                elbo_corpus=str(tmp_path / "heldout.jsonl"), elbo_chunks=3, elbo_samples=3)
     run_cfg = replace(cfg, eval=e, estep=replace(cfg.estep, num_samples=2, max_new_tokens=8))
     out = run_eval(run_cfg)
     statement = run_eval(replace(run_cfg, eval=replace(e, template="statement", out_dir=str(tmp_path / "st"),
@@ -132,7 +132,7 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
             lines = [json.loads(x) for x in (out / f"predictions_test_{mode}_seed{seed}.jsonl").open()]
             assert len(lines) == 6 and test[mode]["per_seed"][str(seed)] == sum(x["correct"] for x in lines) / 6
     heldout = summary["heldout"]
-    assert heldout["chunks"] == 3 and heldout["logp_per_raw_token"] < 0
+    assert heldout["chunks"] == 3 and heldout["num_samples"] == 3 and heldout["logp_per_raw_token"] < 0  # not estep K
     assert heldout["elbo_per_raw_token"] is None or heldout["elbo_per_raw_token"] < 0
     # A finished evaluation is skipped; removing its summary re-evaluates only from the kept predictions.
     before = (out / "predictions_test_plain_seed0.jsonl").stat().st_mtime_ns

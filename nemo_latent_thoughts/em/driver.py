@@ -42,9 +42,11 @@ def setup(cfg: Config) -> None:
             testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
         eval_dir = run / "eval_data"
         seed = s.seed + HELD_OUT_SEED
-        fileio.write_jsonl(eval_dir / "test.jsonl", testing.synthetic_eval_items(cfg.em.synthetic_eval_examples, seed,
-                                                                                   s.max_operand))
-        fileio.write_jsonl(eval_dir / "shots.jsonl", testing.synthetic_eval_items(32, seed + 1, s.max_operand))
+        seen = set().union(*(testing.problem_keys(json.loads(line)["text"]) for line in corpus.open(encoding="utf-8")))
+        test = testing.synthetic_eval_items(cfg.em.synthetic_eval_examples, seed, s, exclude=seen)
+        seen |= {testing.question_key(item["question"]) for item in test}  # no exemplar is a test question
+        fileio.write_jsonl(eval_dir / "test.jsonl", test)
+        fileio.write_jsonl(eval_dir / "shots.jsonl", testing.synthetic_eval_items(32, seed + 1, s, exclude=seen))
         fileio.write_jsonl(eval_dir / "heldout.jsonl", testing.generate_corpus(replace(s, num_docs=20, seed=seed + 2)))
     fileio.write_json(run / "setup.json", {"synthetic": s.enabled})
 

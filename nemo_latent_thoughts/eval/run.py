@@ -82,7 +82,7 @@ def heldout_likelihood(cfg: Config, tokenizer) -> dict:
     backend = make_backend(replace(cfg, estep=replace(cfg.estep, model=cfg.eval.model, device=cfg.eval.device,
                                                       backend="hf")), tokenizer)
     try:
-        results = infer(backend, ids, chunks, num_samples=cfg.estep.num_samples, max_new_tokens=cfg.estep.max_new_tokens,
+        results = infer(backend, ids, chunks, num_samples=cfg.eval.elbo_samples, max_new_tokens=cfg.estep.max_new_tokens,
                         max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
                         seed=cfg.seed, round_=-1, num_tokens=len(tokenizer))
         keep = cfg.estep.max_context_tokens
@@ -93,7 +93,7 @@ def heldout_likelihood(cfg: Config, tokenizer) -> dict:
     elbos = [weights.elbo(r.log_w) for r in results]
     finite = [(e, len(c.tokens)) for e, c in zip(elbos, chunks) if np.isfinite(e)]
     raw_tokens = sum(len(c.tokens) for c in chunks)
-    return {"chunks": len(chunks), "num_samples": cfg.estep.num_samples,
+    return {"chunks": len(chunks), "num_samples": cfg.eval.elbo_samples,
             "elbo_per_raw_token": sum(e for e, _ in finite) / sum(n for _, n in finite) if finite else None,
             "chunks_all_rejected": len(chunks) - len(finite),
             "logp_per_raw_token": float(sum(log_px)) / raw_tokens if raw_tokens else None}

@@ -1,0 +1,50 @@
+"""The toy-claims runner (examples/toy_claims/run.py): its claim verdicts, and claim 1 rerun small."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parents[1] / "examples" / "toy_claims" / "run.py"
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("toy_claims_run", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_claim_verdicts_follow_the_means_over_seeds():
+    run = _runner()
+    seeds = [{"round 0": {"accuracy": 0.30}, "baseline raw_tokens": {"accuracy": 0.10}, "baseline flops": {"accuracy": 0.20}},
+             {"round 0": {"accuracy": 0.20}, "baseline raw_tokens": {"accuracy": 0.12}, "baseline flops": {"accuracy": 0.10}}]
+    table = run.table(seeds)
+    assert table["round 0"]["accuracy"] == pytest.approx((0.25, 0.05, 2))
+    (claim, values, held), = run.claims({"claim1": table})
+    assert claim.startswith("1:") and held is True  # 0.25 >= 2 * 0.11 and 0.25 > 0.15
+    table["baseline flops"]["accuracy"] = (0.26, 0.0, 2)
+    assert run.claims({"claim1": table})[0][2] is False
+    rounds = {f"round {r}": {"accuracy": (a, 0.0, 3), "heldout_elbo": (e, 0.0, 3)}
+              for r, (a, e) in enumerate([(0.1, -1.0), (0.2, -0.9), (0.3, -0.8), (0.4, -0.7)])}
+    k1 = {"round 1": {"accuracy": (0.15, 0.0, 3), "heldout_elbo": (-0.95, 0.0, 3)}}
+    verdicts = {c.split(":")[0]: held for c, _, held in run.claims({"claim2": rounds, "claim3_k1": k1})}
+    assert verdicts == {"2": True, "3": True}
+    k1["round 1"]["heldout_elbo"] = (-0.5, 0.0, 3)  # K = 1 better on ELBO: claim 3 needs both
+    assert run.claims({"claim2": rounds, "claim3_k1": k1})[1][2] is False
+    assert "did not hold" in run.markdown({"claim2": rounds, "claim3_k1": k1})
+
+
+@pytest.mark.slow
+def test_claim1_reduced_teacher_latents_beat_the_raw_token_baseline(tmp_path):
+    """One seed, the raw_tokens baseline only: round 0 (teacher latents) is ahead of raw data."""
+    out = tmp_path / "claims"
+    subprocess.run([sys.executable, str(RUNNER), "--seeds", "1", "--experiments", "claim1", "--out", str(out),
+                    "em.baselines=[raw_tokens]"], check=True)
+    results = json.loads((out / "results.json").read_text())["claim1"]
+    latent, raw = results["round 0"]["accuracy"][0], results["baseline raw_tokens"]["accuracy"][0]
+    assert latent > raw, (latent, raw)
+    assert (out / "claims.png").read_bytes()[:4] == b"\x89PNG" and "Claim 1" in (out / "results.md").read_text()
