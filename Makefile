@@ -11,10 +11,14 @@ HASH := $(shell cat pyproject.toml $(CONSTRAINTS) constraints/test-assets.txt | 
 CORE_STAMP := $(VENV)/.core-$(HASH)
 TEST_STAMP := $(VENV)/.test-$(HASH)
 
-.PHONY: demo test test-slow test-slurm venv clean
+.PHONY: demo claims test test-slow test-slurm venv clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
+
+# The three toy claims over seeds 1-3 (about 1.5 h on 2 cores): examples/toy_claims/RESULTS.md.
+claims: $(CORE_STAMP)
+	$(BIN)/python examples/toy_claims/run.py --out runs/toy_claims
 
 # Default suite: fast CPU tests; gpu/trtllm/nemo tests skip themselves when unsupported.
 test: $(TEST_STAMP)
