@@ -48,3 +48,23 @@ def test_claim1_reduced_teacher_latents_beat_the_raw_token_baseline(tmp_path):
     latent, raw = results["round 0"]["accuracy"][0], results["baseline raw_tokens"]["accuracy"][0]
     assert latent > raw, (latent, raw)
     assert (out / "claims.png").read_bytes()[:4] == b"\x89PNG" and "Claim 1" in (out / "results.md").read_text()
+
+
+def test_latent_quality_scores_the_teacher_latents_and_catches_a_wrong_one(tmp_path):
+    from nemo_latent_thoughts.cli import main
+
+    spec = importlib.util.spec_from_file_location("latent_quality", RUNNER.parent / "latent_quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    run = tmp_path / "run"
+    assert main(["em", "run", f"run_dir={run}", "synthetic.num_docs=6", "tokenizer.vocab_size=320",
+                 "data.mean_chunk_sentences=0", "--until", "round 0 teacher"]) == 0
+    q = quality.run_quality(run)["round 0"]
+    assert q["result_chunks"] > 10 and q["with_latent"] == q["exact"] == q["substitution"] == q["value"] == 1.0
+    path = run / "round_00" / "teacher" / "latents.jsonl"
+    rows = [json.loads(line) for line in path.open()]
+    row = next(r for r in rows if not r["latent_text"].startswith("We have"))
+    row["latent_text"] = row["latent_text"].rstrip(".") + "1."  # a wrong final value, same substitution
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    q2 = quality.run_quality(run)["round 0"]
+    assert q2["substitution"] == 1.0 and q2["value"] == q2["exact"] == round(1 - 1 / q["result_chunks"], 3)

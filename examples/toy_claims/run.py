@@ -7,6 +7,7 @@ Experiments (each on recipes/toy_claims.yaml, one run directory per seed, resuma
   claim2      10% warm start, then 3 EM rounds with K = 4: does accuracy rise over rounds 1, 2, 3?
   claim3_k1   the same warm start, 1 EM round with K = 1; claim 3 sets its round 1 against
               claim2's round 1 (K = 4, otherwise identical): does K = 4 beat K = 1?
+  claim2_warm30  diagnostic: claim2 from a 30% warm start
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
 the raw-data baselines. Writes OUT/results.json, OUT/results.md (mean ± std over seeds per model,
 then each claim's comparison and whether it held) and OUT/claims.png.
@@ -29,6 +30,8 @@ EXPERIMENTS = {
     "claim1": ["teacher.fraction=1.0", "em.num_rounds=0", "em.baselines=[raw_tokens,flops]"],
     "claim2": ["teacher.fraction=0.1", "em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
     "claim3_k1": ["teacher.fraction=0.1", "em.num_rounds=1", "estep.num_samples=1", "em.baselines=[]"],
+    # Diagnostic for claim 2 (RESULTS.md): the same EM loop from a larger warm start.
+    "claim2_warm30": ["teacher.fraction=0.3", "em.num_rounds=3", "estep.num_samples=4", "em.baselines=[]"],
 }
 
 

@@ -1,0 +1,79 @@
+"""How correct are the latents an EM run trained on? Checked against the program teacher's.
+
+    python examples/toy_claims/latent_quality.py RUN_DIR [RUN_DIR ...]
+
+For every round of each run, over the chunks that state a result (`Then a*b - a = 14.`): the share
+whose latent is exactly the program teacher's (`a*b - a = 7*3 - 7 = 21 - 7 = 14.`), whose
+substitution (the values after the first `=`) is right, and whose final value equals the
+chunk's. Round 0 reads the teacher's latents, round r >= 1 the E-step's resampled ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+from nemo_latent_thoughts import testing
+from nemo_latent_thoughts.data.prepare import read_chunks
+
+
+def _steps(latent: str) -> list[str]:
+    return [s.strip() for s in latent.strip().rstrip(".").split(" = ")]
+
+
+def round_quality(run: Path, latents: dict[tuple[str, int], str]) -> dict[str, float | int]:
+    """Shares of exact, right-substitution and right-value latents among result chunks."""
+    counts = {"result_chunks": 0, "with_latent": 0, "exact": 0, "substitution": 0, "value": 0}
+    for doc in read_chunks(run / "corpus"):
+        for chunk in doc:
+            truth = testing.program_teacher("".join(c["text"] for c in doc[:chunk["chunk_idx"]]), chunk["text"])
+            if truth.startswith(("We have", "Nothing")):
+                continue
+            counts["result_chunks"] += 1
+            latent = latents.get((chunk["doc_id"], chunk["chunk_idx"]))
+            if latent is None:
+                continue
+            want, got = _steps(truth), _steps(latent)
+            counts["with_latent"] += 1
+            counts["exact"] += latent.strip() == truth
+            counts["substitution"] += len(got) > 1 and got[1] == want[1]
+            counts["value"] += got[-1] == want[-1]
+    n = max(counts["result_chunks"], 1)
+    return {"result_chunks": counts["result_chunks"],
+            **{k: round(counts[k] / n, 3) for k in ("with_latent", "exact", "substitution", "value")}}
+
+
+def run_quality(run: Path) -> dict[str, dict]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    out = {}
+    for r in range(100):
+        d = run / f"round_{r:02d}"
+        if r == 0:
+            path = d / "teacher" / "latents.jsonl"
+            rows = [json.loads(line) for line in path.open()] if path.exists() else []
+            latents = {(x["doc_id"], x["chunk_idx"]): x["latent_text"] for x in rows}
+        else:
+            rows = [json.loads(line) for f in sorted(glob.glob(str(d / "estep" / "shard_*.jsonl"))) for line in open(f)]
+            latents = {(x["doc_id"], x["chunk_idx"]): tokenizer.decode(x["latent_token_ids"]) for x in rows
+                       if x.get("latent_token_ids")}
+        if not rows:
+            break
+        out[f"round {r}"] = round_quality(run, latents)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    for run in parser.parse_args().runs:
+        print(f"{run}:")
+        for name, q in run_quality(run).items():
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in q.items()))
+
+
+if __name__ == "__main__":
+    main()
