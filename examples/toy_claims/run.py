@@ -9,7 +9,7 @@ Experiments (each on recipes/toy_claims.yaml, one run directory per seed, resuma
               claim2's round 1 (K = 4, otherwise identical): does K = 4 beat K = 1?
   claim2_warm30  diagnostic: claim2 from a 30% warm start
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
-the raw-data baselines. Writes OUT/results.json, OUT/results.md (mean ± std over seeds per model,
+the raw-data baselines. Writes OUT/results.json, OUT/per_seed.json, OUT/results.md (mean ± std over seeds per model,
 then each claim's comparison and whether it held) and OUT/claims.png.
 """
 
@@ -130,17 +130,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/toy_claims"))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run")
     args = parser.parse_args()
-    results = {}
+    results, seeds = {}, {}
     for name in args.experiments:
-        per_seed = []
         for seed in args.seeds:
             run_dir = args.out / name / f"seed{seed}"
             subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE),
                             f"run_dir={run_dir}", f"seed={seed}", *EXPERIMENTS[name], *args.overrides], check=True)
-            per_seed.append(metrics(run_dir))
-        results[name] = table(per_seed)
+            seeds.setdefault(name, {})[seed] = metrics(run_dir)
+        results[name] = table(list(seeds[name].values()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "per_seed.json").write_text(json.dumps(seeds, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(results))
     plot(results, args.out / "claims.png")
     print(markdown(results))
