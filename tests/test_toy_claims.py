@@ -39,6 +39,7 @@ def test_claim_verdicts_follow_the_means_over_seeds():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~5 min on 2 idle cores: two 4M-token M-steps, their evals
 def test_claim1_reduced_teacher_latents_beat_the_raw_token_baseline(tmp_path):
     """One seed, the raw_tokens baseline only: round 0 (teacher latents) is ahead of raw data."""
     out = tmp_path / "claims"
