@@ -16,7 +16,7 @@ TEST_STAMP := $(VENV)/.test-$(HASH)
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
 
-# The three toy claims over seeds 1-3 (about 1.5 h on 2 cores): examples/toy_claims/RESULTS.md.
+# The three toy claims over seeds 1-3 (about 80 min on 2 idle cores): examples/toy_claims/RESULTS.md.
 claims: $(CORE_STAMP)
 	$(BIN)/python examples/toy_claims/run.py --out runs/toy_claims
 
