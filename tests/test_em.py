@@ -10,7 +10,7 @@ from conftest import kill_9_when
 
 from nemo_latent_thoughts.cli import main
 from nemo_latent_thoughts.config import load_config
-from nemo_latent_thoughts.em.driver import status
+from nemo_latent_thoughts.em.driver import HELD_OUT_SEED, status
 from nemo_latent_thoughts.em.plan import plan
 
 TINY = ["synthetic.num_docs=10", "tokenizer.vocab_size=320", "training.max_steps=4", "training.seq_length=64",
@@ -143,5 +143,5 @@ def test_no_eval_question_appears_in_any_training_shard(tmp_path):
         assert len(questions) == (100 if name == "test" else 32)
         assert not [q for q in questions if stated(q)], name
     cfg = load_config(run / "config.yaml").synthetic
-    unfiltered = testing.synthetic_eval_items(100, cfg.seed + 1_000_003, cfg)
+    unfiltered = testing.synthetic_eval_items(100, cfg.seed + HELD_OUT_SEED, cfg)
     assert [item for item in unfiltered if stated(item["question"])]

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 
 from nemo_latent_thoughts import testing
+from nemo_latent_thoughts.config import load_config
 from nemo_latent_thoughts.data.prepare import read_chunks
+from nemo_latent_thoughts.data.writer import read_latents
+from nemo_latent_thoughts.em.plan import round_latents
+from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 
 def _steps(latent: str) -> list[str]:
     return [s.strip() for s in latent.strip().rstrip(".").split(" = ")]
 
 
-def round_quality(run: Path, latents: dict[tuple[str, int], str]) -> dict[str, float | int]:
+def round_quality(chunks_dir: str, latents: dict[tuple[str, int], str]) -> dict[str, float | int]:
     """Shares of exact, right-substitution and right-value latents among result chunks."""
     counts = {"result_chunks": 0, "with_latent": 0, "exact": 0, "substitution": 0, "value": 0}
-    for doc in read_chunks(run / "corpus"):
+    for doc in read_chunks(chunks_dir):
         for chunk in doc:
             truth = testing.program_teacher("".join(c["text"] for c in doc[:chunk["chunk_idx"]]), chunk["text"])
             if truth.startswith(("We have", "Nothing")):
@@ -46,23 +49,17 @@ def round_quality(run: Path, latents: dict[tuple[str, int], str]) -> dict[str, f
 
 
 def run_quality(run: Path) -> dict[str, dict]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    """Per round that has its latents (teacher's or E-step's, as the round's data stage reads them)."""
+    cfg = load_config(run / "config.yaml", [f"run_dir={run.resolve()}"])
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    ids = latent_token_ids(tokenizer)
     out = {}
-    for r in range(100):
-        d = run / f"round_{r:02d}"
-        if r == 0:
-            path = d / "teacher" / "latents.jsonl"
-            rows = [json.loads(line) for line in path.open()] if path.exists() else []
-            latents = {(x["doc_id"], x["chunk_idx"]): x["latent_text"] for x in rows}
-        else:
-            rows = [json.loads(line) for f in sorted(glob.glob(str(d / "estep" / "shard_*.jsonl"))) for line in open(f)]
-            latents = {(x["doc_id"], x["chunk_idx"]): tokenizer.decode(x["latent_token_ids"]) for x in rows
-                       if x.get("latent_token_ids")}
-        if not rows:
+    for r in range(cfg.em.num_rounds + 1):
+        files = [Path(f) for pattern in round_latents(cfg, r) for f in sorted(glob.glob(pattern))]
+        if not files:
             break
-        out[f"round {r}"] = round_quality(run, latents)
+        latents = read_latents(files, tokenizer, ids)
+        out[f"round {r}"] = round_quality(cfg.data.chunks_dir, {k: tokenizer.decode(v[0]) for k, v in latents.items()})
     return out
 
 

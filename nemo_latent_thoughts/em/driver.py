@@ -20,7 +20,7 @@ from typing import Optional
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
-from nemo_latent_thoughts.em.plan import MANIFEST, Stage, plan, round_dir
+from nemo_latent_thoughts.em.plan import MANIFEST, Stage, plan, round_dir, round_latents
 from nemo_latent_thoughts.errors import NLTError
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ def setup(cfg: Config) -> None:
         corpus = Path(cfg.data.corpus[0])
         if not corpus.exists():
             fileio.write_jsonl(corpus, testing.generate_corpus(s))
+        texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
         if not Path(cfg.tokenizer.path).exists():
-            texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
             testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
         eval_dir = run / "eval_data"
         seed = s.seed + HELD_OUT_SEED
-        seen = set().union(*(testing.problem_keys(json.loads(line)["text"]) for line in corpus.open(encoding="utf-8")))
+        seen = set().union(*map(testing.problem_keys, texts))
         test = testing.synthetic_eval_items(cfg.em.synthetic_eval_examples, seed, s, exclude=seen)
         seen |= {testing.question_key(item["question"]) for item in test}  # no exemplar is a test question
         fileio.write_jsonl(eval_dir / "test.jsonl", test)
@@ -89,11 +89,9 @@ def run_stage(cfg: Config, stage: Stage) -> None:
         run_estep(replace(cfg, estep=replace(cfg.estep, model=str(round_dir(cfg, r - 1) / "mstep" / "hf"), round=r,
                                              out_dir=str(stage.out))))
     elif stage.kind == "data":
-        if r == 0:
-            latents, model = [str(round_dir(cfg, 0) / "teacher" / "latents.jsonl")], f"teacher:{cfg.teacher.kind}"
-        else:
-            latents, model = [str(round_dir(cfg, r) / "estep" / "shard_*.jsonl")], str(round_dir(cfg, r - 1) / "mstep" / "hf")
-        write_dataset(replace(cfg, write=replace(cfg.write, latents=latents, out_dir=str(stage.out), round=r, model=model)))
+        model = f"teacher:{cfg.teacher.kind}" if r == 0 else str(round_dir(cfg, r - 1) / "mstep" / "hf")
+        write_dataset(replace(cfg, write=replace(cfg.write, latents=round_latents(cfg, r), out_dir=str(stage.out), round=r,
+                                                 model=model)))
     elif stage.kind == "recipe":
         fileio.write_text(stage.marker, config_lib.to_yaml(round_training(cfg, stage)))
     elif stage.kind == "mstep":

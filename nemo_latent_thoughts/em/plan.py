@@ -40,6 +40,13 @@ def round_dir(cfg: Config, r: int) -> Path:
     return Path(cfg.run_dir) / f"round_{r:02d}"
 
 
+def round_latents(cfg: Config, r: int) -> list[str]:
+    """The latent files round `r` trains on: the teacher's (round 0) or the E-step's shards."""
+    if r == 0:
+        return [str(round_dir(cfg, 0) / "teacher" / "latents.jsonl")]
+    return [str(round_dir(cfg, r) / "estep" / "shard_*.jsonl")]
+
+
 def baseline_dir(cfg: Config, kind: str) -> Path:
     return Path(cfg.run_dir) / "baselines" / kind
 
