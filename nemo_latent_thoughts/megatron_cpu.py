@@ -48,8 +48,9 @@ def apply_shims() -> None:
 
 
 def initialize(seed: int = 0) -> None:
-    """Model parallelism of size 1 for this process (a gloo group if none exists); CPU shims if
-    CUDA is absent. Safe to call more than once."""
+    """Model parallelism of size 1 for this process (a gloo group if none exists, nccl with CUDA);
+    CPU shims if CUDA is absent, megatron's CUDA RNG tracker seeded if present. Safe to call more
+    than once."""
     from megatron.core import parallel_state
 
     if not torch.cuda.is_available():
@@ -64,6 +65,11 @@ def initialize(seed: int = 0) -> None:
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     torch.manual_seed(seed)
+    if torch.cuda.is_available():  # megatron's CUDA RNG tracker, which attention forks on every forward
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        model_parallel_cuda_manual_seed(seed)
 
 
 def causal_mask(seq_length: int) -> torch.Tensor:

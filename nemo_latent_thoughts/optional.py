@@ -27,6 +27,11 @@ def has_nemo() -> bool:
     return _has("nemo") and _has("nemo.collections.llm") and _has("nemo_run")
 
 
+def has_bridge() -> bool:
+    """True when Megatron-Bridge is installed (nothing is imported; it also needs Transformer Engine)."""
+    return _has("megatron.bridge")
+
+
 def has_trtllm() -> bool:
     """True when TensorRT-LLM is installed (nothing is imported)."""
     return _has("tensorrt_llm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,8 +36,10 @@ def extend_tokenizer(tokenizer) -> int:
     missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if not missing:
         return 0
-    return tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                        replace_additional_special_tokens=False)
+    # transformers 5 renamed "additional" special tokens to "extra" ones; keep existing ones either way.
+    kind = "extra" if "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters \
+        else "additional"
+    return tokenizer.add_special_tokens({f"{kind}_special_tokens": missing}, **{f"replace_{kind}_special_tokens": False})
 
 
 def latent_token_ids(tokenizer) -> LatentTokenIds:

@@ -86,7 +86,7 @@ def test_unfinished_tasks_follow_the_shard_assignment_of_nlt_estep(planned_round
 
 @pytest.mark.parametrize("override, message", [
     ("account=", "override 'account=': account: Incompatible value 'None'"),
-    ("mstep_command=srun", f"{CLUSTER}: mstep_command: must be mstep-nemo or train"),
+    ("mstep_command=srun", f"{CLUSTER}: mstep_command: must be mstep-nemo, mstep-bridge or train"),
     ("mstep.nodes=0", f"{CLUSTER}: mstep.nodes: must be >= 1"),
     ("mstep.gpus=8", "override 'mstep.gpus=8': mstep.gpus: unknown key"),
     ("job_dir=/shared/nemo_run", f"{CLUSTER}: job_dir: must not contain '/nemo_run'"),

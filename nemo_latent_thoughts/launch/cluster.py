@@ -52,7 +52,8 @@ class ClusterConfig:
     mstep: JobResources = field(default_factory=lambda: JobResources(nodes=2, tasks_per_node=8, gpus_per_node=8))
     """The M-step job (multi-node)."""
     mstep_command: str = "mstep-nemo"
-    """nlt subcommand of the M-step: mstep-nemo (NeMo on GPUs) or train (the embedded trainer, CPU)."""
+    """nlt subcommand of the M-step: mstep-nemo (NeMo 2 on GPUs, containers <= 26.02), mstep-bridge
+    (Megatron-Bridge on GPUs, one task per GPU, containers >= 26.04) or train (the embedded trainer, CPU)."""
     estep: JobResources = field(default_factory=lambda: JobResources(gpus_per_node=1))
     """One E-step array task (one shard group per GPU)."""
     estep_tasks: int = 16
@@ -62,7 +63,8 @@ class ClusterConfig:
 
     def check(self) -> None:
         _require(bool(self.account), "account", "must be set (the Slurm account to charge)")
-        _require(self.mstep_command in ("mstep-nemo", "train"), "mstep_command", "must be mstep-nemo or train")
+        _require(self.mstep_command in ("mstep-nemo", "mstep-bridge", "train"), "mstep_command",
+                 "must be mstep-nemo, mstep-bridge or train")
         _require("/nemo_run" not in self.job_dir, "job_dir",
                  "must not contain '/nemo_run' (NeMo-Run replaces it in every job path); rename that directory")
         _at_least(self, 1, "estep_tasks")

@@ -80,9 +80,9 @@ def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission
 
 
 def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
-    """Submit the round's M-step (`nlt mstep-nemo` or `nlt train` of `recipe`) as one multi-node job;
+    """Submit the round's M-step (`nlt mstep-nemo`, `mstep-bridge` or `train` of `recipe`) as one multi-node job;
     None when it is already done (both write `done.json` last)."""
-    from nemo_latent_thoughts.train.trainer import DONE  # imports megatron-core: only here
+    from nemo_latent_thoughts.train.handoff import DONE
 
     if (Path(cfg.training.out_dir) / DONE).exists():
         log.info("launch: M-step %s is complete; nothing to submit", cfg.training.out_dir)

@@ -87,15 +87,18 @@ def shape_from_hf_config(config, seq_length: int | None = None) -> ModelShape:
                        f"{config.hidden_size}; such checkpoints are not supported")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise NLTError("checkpoints with attention or MLP biases are not supported")
-    scaling = getattr(config, "rope_scaling", None) or {}
-    if scaling and scaling.get("rope_type", scaling.get("type")) != "llama3":
+    # transformers 5 keeps rope settings in `rope_parameters` (type "default" when unscaled).
+    scaling = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
         raise NLTError(f"rope scaling {scaling} is not supported (only llama3)")
+    rope_theta = getattr(config, "rope_theta", None) or scaling.get("rope_theta", 10000.0)
     return ModelShape(
         num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
         ffn_hidden_size=config.intermediate_size, num_attention_heads=config.num_attention_heads,
         num_query_groups=config.num_key_value_heads or config.num_attention_heads,
         vocab_size=config.vocab_size, seq_length=seq_length or config.max_position_embeddings,
-        rope_theta=float(config.rope_theta), rope_scaling_factor=scaling.get("factor"),
+        rope_theta=float(rope_theta), rope_scaling_factor=scaling.get("factor") if rope_type == "llama3" else None,
         norm_eps=config.rms_norm_eps, tie_embeddings=bool(config.tie_word_embeddings),
         init_std=getattr(config, "initializer_range", 0.02))
 

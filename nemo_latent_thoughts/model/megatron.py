@@ -20,7 +20,7 @@ def transformer_config(shape: ModelShape, params_dtype: torch.dtype = torch.floa
         gated_linear_unit=True, activation_func=F.silu, bias_activation_fusion=False,
         add_bias_linear=False, hidden_dropout=0.0, attention_dropout=0.0,
         init_method_std=shape.init_std, params_dtype=params_dtype,
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=True,  # the same initial weights with or without a GPU; move the model after
     )
 
 
@@ -59,3 +59,19 @@ def load_state(model, state: dict[str, torch.Tensor]) -> None:
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing or result.unexpected_keys:
         raise ValueError(f"state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def load_dist_checkpoint(path, shape: ModelShape, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The megatron state dict of `GPTModel(shape)` read from a `torch_dist` checkpoint directory.
+
+    Any trainer's layers load (TE or local: megatron-core maps their sharded keys to the same
+    names); `prefix` is the key prefix the trainer saved under (NeMo 2: `module.`, Bridge: none).
+    """
+    from megatron.core import dist_checkpointing
+
+    from nemo_latent_thoughts import megatron_cpu
+
+    megatron_cpu.initialize()
+    model = gpt_model(shape)
+    state = dist_checkpointing.load(model.sharded_state_dict(prefix=prefix), str(path))
+    return {k[len(prefix):]: v for k, v in state.items() if not k.endswith("_extra_state")}

@@ -58,6 +58,15 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
+def preset_shape(cfg, tokenizer_size: int) -> ModelShape:
+    """The shape an M-step of `cfg` trains from its preset: sequence length from `training`, the
+    tokenizer's vocabulary padded to `model.make_vocab_size_divisible_by` (as Megatron pads it)."""
+    from nemo_latent_thoughts.model.convert import padded_vocab_size
+
+    return dataclasses.replace(PRESETS[cfg.model.preset], seq_length=cfg.training.seq_length,
+                               vocab_size=padded_vocab_size(tokenizer_size, cfg.model.make_vocab_size_divisible_by))
+
+
 def hf_config(shape: ModelShape, **extra):
     """The transformers `LlamaConfig` of `shape` (extra keywords, e.g. token ids, pass through)."""
     from transformers import LlamaConfig

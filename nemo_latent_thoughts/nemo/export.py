@@ -10,7 +10,6 @@ module needs megatron-core only, not NeMo.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional
@@ -37,32 +36,25 @@ def latest_checkpoint(root: str | Path) -> Path:
 
 def load_weights(checkpoint: str | Path, shape) -> dict:
     """The megatron state dict of our `GPTModel(shape)` read from a NeMo checkpoint directory."""
-    from megatron.core import dist_checkpointing
-
-    from nemo_latent_thoughts import megatron_cpu
-    from nemo_latent_thoughts.model.megatron import gpt_model
+    from nemo_latent_thoughts.model.megatron import load_dist_checkpoint
 
     weights = Path(checkpoint) / WEIGHTS
     if not weights.is_dir():
         raise NLTError(f"'{checkpoint}' is not a NeMo checkpoint (no {WEIGHTS}/); pass a */checkpoints/* directory")
-    megatron_cpu.initialize()
-    model = gpt_model(shape)
-    state = dist_checkpointing.load(model.sharded_state_dict(prefix=PREFIX), str(weights))
-    return {k[len(PREFIX):]: v for k, v in state.items() if not k.endswith("_extra_state")}
+    return load_dist_checkpoint(weights, shape, PREFIX)
 
 
 def export_nemo_checkpoint(cfg: Config, checkpoint: Optional[str | Path] = None,
                            out_dir: Optional[str | Path] = None) -> Path:
     """Export a NeMo M-step checkpoint of `cfg` (default: the newest) to `training.out_dir/hf`."""
-    from nemo_latent_thoughts.model.convert import export_hf, padded_vocab_size
-    from nemo_latent_thoughts.model.presets import PRESETS
+    from nemo_latent_thoughts.model.convert import export_hf
+    from nemo_latent_thoughts.model.presets import preset_shape
     from nemo_latent_thoughts.tokens import load_tokenizer
 
     t = cfg.training
     checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(Path(t.out_dir) / NEMO_DIR)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
-    shape = dataclasses.replace(PRESETS[cfg.model.preset], seq_length=t.seq_length,
-                                vocab_size=padded_vocab_size(len(tokenizer), cfg.model.make_vocab_size_divisible_by))
+    shape = preset_shape(cfg, len(tokenizer))
     out = export_hf(load_weights(checkpoint, shape), shape, tokenizer, out_dir or Path(t.out_dir) / "hf")
     log.info("export-nemo: %s -> %s", checkpoint, out)
     return out

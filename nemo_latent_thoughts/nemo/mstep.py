@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,12 +16,11 @@ import nemo_run as run
 from nemo.collections.llm.api import pretrain
 from nemo_run.config import get_type_namespace
 
-from nemo_latent_thoughts import fileio
-from nemo_latent_thoughts.config import Config, save_config
+from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.nemo.data import blend_paths
 from nemo_latent_thoughts.nemo.export import NEMO_DIR, latest_checkpoint
-from nemo_latent_thoughts.train.trainer import DONE
+from nemo_latent_thoughts.train.handoff import DONE, export_and_mark_done, is_first_process
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +100,7 @@ def run_mstep(cfg: Config, factory: Optional[str] = None, *, dryrun: bool = Fals
     log.info("mstep-nemo: %d steps of %s into %s", recipe.trainer.max_steps, cfg.model.preset, out / NEMO_DIR)
     run.run(recipe, executor=None if direct else run.LocalExecutor(ntasks_per_node=num_gpus, launcher="torchrun"),
             name="mstep", direct=direct)
-    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
-        _export_and_mark_done(cfg, recipe.trainer.max_steps)
+    if is_first_process():
+        export_and_mark_done(cfg, "export-nemo", {"backend": "nemo", "steps": recipe.trainer.max_steps,
+                                                  "checkpoint": str(latest_checkpoint(out / NEMO_DIR))})
     return out
-
-
-def _export_and_mark_done(cfg: Config, steps: int) -> None:
-    """`nlt export-nemo` in a fresh single process (this one may hold a multi-rank process group)."""
-    out = Path(cfg.training.out_dir)
-    recipe = save_config(cfg, out)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    done = subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "export-nemo", str(recipe)], env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise NLTError(f"mstep-nemo: exporting the checkpoint failed: {done.stderr.strip().splitlines()[-1:]}; "
-                       f"retry with `nlt export-nemo {recipe}`")
-    fileio.write_json(out / DONE, {"backend": "nemo", "steps": steps, "checkpoint": str(latest_checkpoint(out / NEMO_DIR)),
-                                   "hf": str(out / "hf"), "init_from": cfg.training.init_from})

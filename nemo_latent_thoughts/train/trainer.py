@@ -2,7 +2,8 @@
 
 Trains a megatron-core `GPTModel` on `LatentThoughtsDataset` blends with AdamW, linear warmup +
 cosine decay, gradient clipping and accumulation; data-parallel over torch.distributed (gloo on
-CPU) when started by torchrun or srun. Sample `i` of the dataset always lands in the same step,
+CPU) when started by torchrun or srun. Where CUDA is visible it trains there, in float32 (the
+NeMo and Bridge M-steps are the GPU trainers; this keeps `nlt train` working on a GPU host). Sample `i` of the dataset always lands in the same step,
 so a run killed at any point and resumed from its last checkpoint reaches the same weights and
 loss curve as an uninterrupted one. Writes `config.yaml`, `metrics.jsonl`, `checkpoints/` and, at
 the end, a Hugging Face export `hf/` and `done.json`.
@@ -28,13 +29,13 @@ from nemo_latent_thoughts.data.dataset import build_datasets
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.model.convert import export_hf, grow_vocab, import_hf, padded_vocab_size
 from nemo_latent_thoughts.model.megatron import gpt_model, load_state
-from nemo_latent_thoughts.model.presets import PRESETS, ModelShape
+from nemo_latent_thoughts.model.presets import ModelShape, preset_shape
 from nemo_latent_thoughts.tokens import SPECIAL_TOKENS, latent_token_ids, load_tokenizer
 from nemo_latent_thoughts.train import checkpoint, distributed
+from nemo_latent_thoughts.train.handoff import DONE
 
 log = logging.getLogger(__name__)
 
-DONE = "done.json"
 METRICS = "metrics.jsonl"
 
 
@@ -43,7 +44,7 @@ def base_model(cfg: Config, tokenizer) -> tuple[dict | None, ModelShape]:
     t = cfg.training
     vocab = padded_vocab_size(len(tokenizer), cfg.model.make_vocab_size_divisible_by)
     if t.init_from is None:
-        return None, dataclasses.replace(PRESETS[cfg.model.preset], vocab_size=vocab, seq_length=t.seq_length)
+        return None, preset_shape(cfg, len(tokenizer))
     state, shape = import_hf(t.init_from, seq_length=t.seq_length)
     if not len(tokenizer) - len(SPECIAL_TOKENS) <= shape.vocab_size <= vocab:
         raise NLTError(f"training.init_from '{t.init_from}' has a vocabulary of {shape.vocab_size} but "
@@ -77,7 +78,7 @@ def optimizer_for(model, cfg: Config) -> torch.optim.AdamW:
 
 
 def model_state(model) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    return {k: v.cpu() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
 class Trainer:
@@ -90,6 +91,7 @@ class Trainer:
         distributed.setup_env_from_slurm()
         megatron_cpu.initialize(seed=cfg.seed)
         self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         if t.global_batch_size % (t.micro_batch_size * self.world):
             raise NLTError(f"training.global_batch_size {t.global_batch_size} is not a multiple of "
                            f"micro_batch_size {t.micro_batch_size} x {self.world} processes")
@@ -107,13 +109,15 @@ class Trainer:
         self.model = gpt_model(self.shape)
         if state is not None:
             load_state(self.model, state)
+        self.model.to(self.device)
         self.optimizer = optimizer_for(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.steps))
-        self.mask = megatron_cpu.causal_mask(t.seq_length)
+        self.mask = megatron_cpu.causal_mask(t.seq_length).to(self.device)
 
     def _batch(self, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
         items = [dataset[i] for i in indices]
-        return {k: torch.stack([item[k] for item in items]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+        return {k: torch.stack([item[k] for item in items]).to(self.device)
+                for k in ("tokens", "labels", "loss_mask", "position_ids")}
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(batch["tokens"], batch["position_ids"], self.mask)
@@ -130,7 +134,7 @@ class Trainer:
         """One optimizer step; returns (mean loss over the global batch, gradient norm)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             loss = self._loss(self._batch(self.train_ds, self._micro_indices(step, micro))) / self.accum
             loss.backward()
