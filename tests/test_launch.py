@@ -60,6 +60,14 @@ def test_mstep_dry_run_is_a_two_node_sbatch_script(planned_round, tmp_path, caps
 
 
 @pytest.mark.nemo
+def test_mstep_on_megatron_bridge_is_one_task_per_gpu(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, _ = planned_round
+    script = _dryrun("mstep", recipe, tmp_path, capsys, monkeypatch, "-C", "mstep_command=mstep-bridge")
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=8" in script
+    assert "nemo_latent_thoughts.cli mstep-bridge <TMP>/run/round_01/config.yaml\n" in script
+
+
+@pytest.mark.nemo
 def test_estep_dry_run_is_a_16_task_array(planned_round, tmp_path, capsys, monkeypatch):
     recipe, _ = planned_round
     (Path(str(recipe)).parent / "estep" / "shard_00000.jsonl").unlink()  # now all 16 tasks are unfinished
