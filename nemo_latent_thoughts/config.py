@@ -168,7 +168,10 @@ class TrainingConfig:
     max_tokens: int = 1_000_000
     """Token budget: the run takes max_tokens // (global_batch_size x seq_length) steps."""
     max_steps: Optional[int] = None
-    """Steps to take instead of the token budget."""
+    """Steps to take instead of any other budget."""
+    epochs: Optional[float] = None
+    """Passes over the training blend instead of the token budget (BoLT: about 2 per M-step); the
+    steps follow from the data: ceil(epochs x windows per pass / global_batch_size)."""
     lr: float = 2e-3
     """Peak learning rate (paper: 1e-4 for TinyLlama continued pretraining)."""
     min_lr: float = 2e-4
@@ -201,7 +204,9 @@ class TrainingConfig:
                  "must be a multiple of micro_batch_size")
         _require(bool(self.train_data), "train_data", "needs at least one data prefix")
         _require(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
-        _require(self.max_tokens >= self.global_batch_size * self.seq_length or self.max_steps is not None,
+        _require(self.epochs is None or self.epochs > 0, "epochs", "must be > 0")
+        _require(self.max_tokens >= self.global_batch_size * self.seq_length or self.max_steps is not None
+                 or self.epochs is not None,
                  "max_tokens", "is less than one step (global_batch_size x seq_length)")
         _require(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
         _at_least(self, 0, "warmup_steps")
@@ -286,7 +291,11 @@ class EStepConfig:
     num_samples: int = 4
     """K: latents sampled per chunk (paper: 4)."""
     max_new_tokens: int = 1024
-    """Longest latent; a sample that reaches it without EOL is rejected (paper: 1024)."""
+    """Longest latent (paper: 1024); what happens to a sample that reaches it: on_truncated."""
+    on_truncated: str = "reject"
+    """A sample that reaches max_new_tokens without EOL: reject (weight -inf) or keep (scored with
+    the EOL it would have needed; BoLT's E-step keeps them). The held-out ELBO of `nlt eval` always
+    rejects them, so that it stays a lower bound on log p(x)."""
     max_prompt_tokens: int = 1024
     """Posterior prompts are left-truncated to this many tokens (paper: 1024)."""
     max_context_tokens: int = 1024
@@ -304,6 +313,7 @@ class EStepConfig:
 
     def check(self) -> None:
         _require(self.backend in ("hf", "trtllm"), "backend", "must be hf or trtllm")
+        _require(self.on_truncated in ("reject", "keep"), "on_truncated", "must be reject or keep")
         _at_least(self, 1, "num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
                   "chunks_per_part")
         _at_least(self, 0, "max_context_tokens")

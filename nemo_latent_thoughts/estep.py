@@ -145,7 +145,7 @@ class EStep:
                 results = infer(self.backend, self.ids, batch, num_samples=self.e.num_samples,
                                 max_new_tokens=self.e.max_new_tokens, max_prompt_tokens=self.e.max_prompt_tokens,
                                 max_context_tokens=self.e.max_context_tokens, seed=self.cfg.seed, round_=self.e.round,
-                                num_tokens=len(self.tokenizer))
+                                num_tokens=len(self.tokenizer), keep_truncated=self.e.on_truncated == "keep")
                 fileio.write_jsonl(part, (_record(c, r, self.e.round) for c, r in zip(batch, results)))
                 generated += sum(len(s) for r in results for s in r.samples)
             bar.update(len(batch))
@@ -157,7 +157,8 @@ class EStep:
         shutil.rmtree(parts)
 
     def _write_manifest(self) -> None:
-        totals = {"chunks": 0, "chunks_with_latent": 0, "samples": 0, "rejected_no_eol": 0,
+        keep = self.e.on_truncated == "keep"
+        totals = {"chunks": 0, "chunks_with_latent": 0, "samples": 0, "truncated": 0, "rejected_no_eol": 0,
                   "rejected_invalid": 0, "generated_tokens": 0}
         elbo_sum, elbo_tokens, ess, accepted_lengths = 0.0, 0, [], []
         for i in range(len(self.chunk_shards)):
@@ -166,8 +167,9 @@ class EStep:
                 totals["chunks"] += 1
                 totals["chunks_with_latent"] += r["latent_token_ids"] is not None
                 totals["samples"] += len(r["stopped"])
-                totals["rejected_no_eol"] += sum(not s for s in r["stopped"])
-                totals["rejected_invalid"] += sum(s and not v for s, v in zip(r["stopped"], r["valid"]))
+                totals["truncated"] += sum(not s for s in r["stopped"])
+                totals["rejected_no_eol"] += 0 if keep else sum(not s for s in r["stopped"])
+                totals["rejected_invalid"] += sum((s or keep) and not v for s, v in zip(r["stopped"], r["valid"]))
                 totals["generated_tokens"] += sum(r["latent_lengths"])
                 accepted_lengths += [n for n, w in zip(r["latent_lengths"], r["log_weights"]) if w is not None]
                 ess.append(r["ess"])
@@ -179,16 +181,19 @@ class EStep:
             "elbo_per_raw_token": elbo_sum / elbo_tokens if elbo_tokens else None,
             "mean_ess": float(np.mean(ess)) if ess else 0.0,
             "rejected_share": (totals["rejected_no_eol"] + totals["rejected_invalid"]) / samples,
+            "truncated_share": totals["truncated"] / samples,
             "chunks_kept_raw": totals["chunks"] - totals["chunks_with_latent"],
             "mean_latent_length": float(np.mean(accepted_lengths)) if accepted_lengths else 0.0,
         }
         fileio.write_json(self.out / MANIFEST, {
             **totals, "metrics": metrics, "round": self.e.round, "model": self.e.model,
             "num_samples": self.e.num_samples, "seed": self.cfg.seed, "backend": self.e.backend,
+            "on_truncated": self.e.on_truncated,
             "shards": [shard_output_name(i) for i in range(len(self.chunk_shards))]})
         log.info("estep: round %d: %d chunks, %d with a latent; ELBO/raw token %s, mean ESS %.2f, rejected %.1f%%, "
-                 "mean latent length %.1f", self.e.round, totals["chunks"], totals["chunks_with_latent"],
-                 metrics["elbo_per_raw_token"], metrics["mean_ess"], 100 * metrics["rejected_share"],
+                 "truncated %.1f%% (%s), mean latent length %.1f", self.e.round, totals["chunks"],
+                 totals["chunks_with_latent"], metrics["elbo_per_raw_token"], metrics["mean_ess"],
+                 100 * metrics["rejected_share"], 100 * metrics["truncated_share"], self.e.on_truncated,
                  metrics["mean_latent_length"])
 
 

@@ -145,3 +145,25 @@ def test_no_eval_question_appears_in_any_training_shard(tmp_path):
     cfg = load_config(run / "config.yaml").synthetic
     unfiltered = testing.synthetic_eval_items(100, cfg.seed + HELD_OUT_SEED, cfg)
     assert [item for item in unfiltered if stated(item["question"])]
+
+
+def test_an_epoch_budget_gives_baselines_the_final_rounds_steps(tmp_path):
+    """Rounds train `training.epochs` passes over their own data; the baselines, on raw data, get the
+    final round's step count (flops) or its raw-token share of it (raw_tokens), not passes."""
+    from nemo_latent_thoughts.em.driver import round_training
+    from nemo_latent_thoughts.em.plan import baseline_dir, round_dir
+
+    cfg = load_config(None, [f"run_dir={tmp_path}", "training.epochs=2", "em.num_rounds=1"])
+    final = round_dir(cfg, 1)
+    (final / "mstep").mkdir(parents=True)
+    (final / "mstep" / "done.json").write_text(json.dumps({"steps": 50}))
+    for data in (final / "data", tmp_path / "raw" / "data"):
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "manifest.json").write_text(json.dumps({"splits": {
+            "train": {"raw_tokens": 300, "latent_tokens": 700}, "valid": {"documents": 1}}}))
+    stages = {s.name: s for s in plan(cfg)}
+    assert round_training(cfg, stages["round 1 recipe"]).training.epochs == 2
+    flops = round_training(cfg, stages["baseline flops recipe"]).training
+    raw = round_training(cfg, stages["baseline raw_tokens recipe"]).training
+    assert (flops.epochs, flops.max_steps) == (None, 50) and (raw.epochs, raw.max_steps) == (None, 15)
+    assert flops.out_dir == str(baseline_dir(cfg, "flops") / "mstep")

@@ -53,6 +53,17 @@ def test_every_chunk_once_with_weights_and_a_manifest(reference, written_run):
     assert manifest["metrics"]["elbo_per_raw_token"] < 0 and 0 < manifest["metrics"]["rejected_share"] < 1
 
 
+def test_truncated_samples_kept_are_counted_in_the_manifest(reference, written_run, trained_model, tmp_path):
+    out = run_estep(estep_cfg(written_run, trained_model, tmp_path / "keep", on_truncated="keep"))
+    rejecting, keeping = (json.loads((d / "manifest.json").read_text()) for d in (reference, out))
+    assert rejecting["on_truncated"] == "reject" and keeping["on_truncated"] == "keep"
+    assert keeping["truncated"] == rejecting["truncated"] == rejecting["rejected_no_eol"] > 0  # same samples
+    assert keeping["rejected_no_eol"] == 0 and keeping["chunks_with_latent"] >= rejecting["chunks_with_latent"]
+    assert keeping["metrics"]["truncated_share"] == pytest.approx(keeping["truncated"] / keeping["samples"])
+    records = [json.loads(line) for p in sorted(out.glob("shard_*.jsonl")) for line in p.open()]
+    assert any(r["chosen"] is not None and not r["stopped"][r["chosen"]] for r in records)  # a truncated latent won
+
+
 def test_shards_split_over_workers_give_the_same_bytes(reference, written_run, trained_model, tmp_path):
     cfg = estep_cfg(written_run, trained_model, tmp_path / "split")
     for shard in range(3):

@@ -96,3 +96,25 @@ def test_the_k_samples_of_a_chunk_come_from_distinct_seeds_and_are_reproducible(
     assert [r.samples for r in first] == [r.samples for r in again]
     assert [r.chosen for r in first] == [r.chosen for r in again]
     assert sum(len({z[0] for z in r.samples}) > 1 for r in first) > 150
+
+
+class TruncatingBackend(TableBackend):
+    """The table model, except that latent 8 never reaches EOL (it hits max_new_tokens)."""
+
+    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds):
+        return [[Sample(s.token_ids, stopped=s.token_ids != [8]) for s in row]
+                for row in super().sample(prompts, num_samples, max_new_tokens, stop_token_id, seeds)]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_truncated_samples_are_rejected_or_kept_and_scored_with_their_eol(keep):
+    results = infer(TruncatingBackend(), IDS, chunks(50), num_samples=4, max_new_tokens=4, max_prompt_tokens=64,
+                    max_context_tokens=64, seed=0, round_=1, num_tokens=10, keep_truncated=keep)
+    truncated = [(r, k) for r in results for k, s in enumerate(r.samples) if s == [8]]
+    assert len(truncated) > 10 and all(not r.stopped[k] for r, k in truncated)
+    for r, k in truncated:
+        if keep:  # the same weight as the table model's stopped latent 8: log p(z, x) - log q(z | x)
+            assert r.log_w[k] == pytest.approx(math.log(P_Z[2] * P_X_GIVEN_Z[2] / Q[2]))
+        else:
+            assert r.log_w[k] == -np.inf and r.log_q[k] is None
+    assert any(r.latent == [8] for r in results) == keep

@@ -156,3 +156,19 @@ def test_vocabulary_mismatch_with_the_base_model_is_refused(written_run, tmp_pat
                                  num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "base")
     with pytest.raises(NLTError, match="has a vocabulary of 4096 but tokenizer .* has"):
         Trainer(training_cfg(written_run, tmp_path / "m", init_from=str(tmp_path / "base")))
+
+
+def test_an_epoch_budget_takes_the_steps_of_that_many_passes(written_run, tmp_path):
+    from nemo_latent_thoughts.data.dataset import build_datasets
+    from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
+    from nemo_latent_thoughts.train.budget import train_steps
+
+    cfg, data_dir, _ = written_run
+    cfg = replace(cfg, training=replace(cfg.training, out_dir=str(tmp_path), seq_length=64, epochs=1.5, max_steps=None))
+    one_pass, _ = build_datasets([(f"{data_dir}/train", 1.0)], None, sequence_length=64, seed=cfg.seed,
+                                 token_ids=latent_token_ids(load_tokenizer(cfg.tokenizer.path)), train_samples=None)
+    tokens = one_pass._epoch(0)[1][-1]  # laid-out tokens of one pass
+    assert len(one_pass) == (tokens - 1) // 64
+    assert Trainer(cfg).steps == train_steps(cfg) == -(-3 * len(one_pass) // (2 * cfg.training.global_batch_size))
+    steps = replace(cfg, training=replace(cfg.training, max_steps=7))
+    assert train_steps(steps) == 7  # max_steps wins over epochs

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -128,8 +129,8 @@ def measure_estep(shape: ModelShape, prompts: int, prompt_tokens: int, num_sampl
                             score_batch_size=prompts * num_samples)
     generator = torch.Generator().manual_seed(1)
     batch = torch.randint(0, shape.vocab_size, (prompts, prompt_tokens), generator=generator).tolist()
-    stop = -1  # no token: every continuation runs to new_tokens, so every run times the same work
     began = time.perf_counter()
+    # Stop token -1 is never drawn: every continuation runs to new_tokens, so every run times the same work.
     samples = backend.sample(batch, num_samples, new_tokens, stop_token_id=-1, seeds=list(range(prompts)))
     _sync(device)
     sample_s = time.perf_counter() - began
@@ -140,7 +141,7 @@ def measure_estep(shape: ModelShape, prompts: int, prompt_tokens: int, num_sampl
     _sync(device)
     score_s = time.perf_counter() - began
     generated = sum(end - start for start, end in spans)
-    if not all(map(lambda x: x == x and x < 0, scores)):
+    if not all(math.isfinite(score) and score < 0 for score in scores):
         raise RuntimeError("E-step scores are not finite negative log-probabilities")
     return {"prompts": prompts, "num_samples": num_samples, "prompt_tokens": prompt_tokens,
             "max_new_tokens": new_tokens, "generated_tokens": generated, "sample_seconds": sample_s,

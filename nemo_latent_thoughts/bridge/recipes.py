@@ -26,6 +26,8 @@ from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.model.presets import PRESETS
 from nemo_latent_thoughts.optional import has_te
+from nemo_latent_thoughts.train.budget import train_steps
+
 
 def model_provider(preset: str, seq_length: int) -> GPTModelProvider:
     """Bridge's `GPTModelProvider` with the shape of our preset (vocabulary from the tokenizer)."""
@@ -116,7 +118,7 @@ def _quoted(values) -> str:
 def round_overrides(cfg: Config) -> list[str]:
     """Hydra overrides that turn the preset's recipe into the M-step `cfg.training` describes."""
     t = cfg.training
-    steps = t.max_steps or t.max_tokens // (t.global_batch_size * t.seq_length)
+    steps = train_steps(cfg)
     out = bridge_dir(cfg)
     valid = bool(t.valid_data)
     return [

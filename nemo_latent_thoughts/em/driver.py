@@ -20,7 +20,7 @@ from typing import Optional
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
-from nemo_latent_thoughts.em.plan import MANIFEST, Stage, plan, round_dir, round_latents
+from nemo_latent_thoughts.em.plan import DONE, MANIFEST, Stage, plan, round_dir, round_latents
 from nemo_latent_thoughts.errors import NLTError
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,19 @@ def round_training(cfg: Config, stage: Stage) -> Config:
     """The complete config of one M-step: this round's (or the raw) data, budget and output."""
     data = Path(cfg.run_dir) / "raw" / "data" if stage.round is None else round_dir(cfg, stage.round) / "data"
     t = cfg.training
-    max_tokens, max_steps = t.max_tokens, t.max_steps  # rounds and the flops baseline: the same budget
+    max_tokens, max_steps, epochs = t.max_tokens, t.max_steps, t.epochs  # rounds and the flops baseline: the same budget
+    final = round_dir(cfg, cfg.em.num_rounds)
+    if stage.round is None and epochs is not None:  # passes over raw data are not the rounds' budget: their steps are
+        max_steps, epochs = json.loads((final / "mstep" / DONE).read_text())["steps"], None
     if stage.round is None and stage.out.name == "raw_tokens":  # as many raw tokens as the final round saw
-        split = json.loads((round_dir(cfg, cfg.em.num_rounds) / "data" / MANIFEST).read_text())["splits"]["train"]
+        split = json.loads((final / "data" / MANIFEST).read_text())["splits"]["train"]
         share = split["raw_tokens"] / (split["raw_tokens"] + split["latent_tokens"])
         max_tokens = max(round(max_tokens * share), t.global_batch_size * t.seq_length)
         max_steps = None if max_steps is None else max(1, round(max_steps * share))
     has_valid = json.loads((data / MANIFEST).read_text())["splits"]["valid"]["documents"] > 0
     training = replace(t, train_data=[DataSource(path=str(data / "train"))],
                        valid_data=[DataSource(path=str(data / "valid"))] if has_valid else [],
-                       out_dir=str(stage.out / "mstep"), max_tokens=max_tokens, max_steps=max_steps)
+                       out_dir=str(stage.out / "mstep"), max_tokens=max_tokens, max_steps=max_steps, epochs=epochs)
     return replace(cfg, training=training)
 
 

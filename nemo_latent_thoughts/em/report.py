@@ -61,6 +61,7 @@ def _row_metrics(row: dict, modes: list[str]) -> list[str]:
     return [row["name"], *[_fmt(accuracy(row["eval"], m)) for m in modes],
             _fmt(heldout.get("elbo_per_raw_token")), _fmt(heldout.get("logp_per_raw_token")),
             _fmt(e.get("elbo_per_raw_token")), _fmt(e.get("mean_ess"), 2), _fmt(e.get("rejected_share")),
+            _fmt(e.get("truncated_share")),
             _fmt(e.get("mean_latent_length"), 1), _fmt(train.get("raw_tokens")), _fmt(train.get("latent_tokens")),
             _fmt((row["mstep"] or {}).get("tokens")), _fmt((row["mstep"] or {}).get("valid_loss"))]
 
@@ -119,7 +120,7 @@ def write_report(run_dir: str | Path) -> Path:
     results = collect(run_dir)
     cfg, modes = results["cfg"], results["cfg"].eval.modes
     header = ["model", *[f"accuracy ({m})" for m in modes], "held-out ELBO/tok", "held-out log p/tok",
-              "E-step ELBO/tok", "ESS", "rejected", "latent len", "raw tokens", "latent tokens", "trained tokens",
+              "E-step ELBO/tok", "ESS", "rejected", "truncated", "latent len", "raw tokens", "latent tokens", "trained tokens",
               "valid loss"]
     lines = [f"# EM run report: {run_dir.name}", "",
              f"{cfg.em.num_rounds} EM rounds after the warm start; K = {cfg.estep.num_samples}; model preset "

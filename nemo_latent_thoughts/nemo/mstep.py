@@ -20,18 +20,13 @@ from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.nemo.data import blend_paths
 from nemo_latent_thoughts.nemo.export import NEMO_DIR, latest_checkpoint
+from nemo_latent_thoughts.train.budget import train_steps
 from nemo_latent_thoughts.train.handoff import DONE, export_and_mark_done, is_first_process
 
 log = logging.getLogger(__name__)
 
 FACTORY_OF_PRESET = {"tiny": "nlt_tiny_bolt", "tinyllama-1.1b": "nlt_tinyllama_1b_bolt",
                      "llama3.2-1b": "nlt_llama32_1b_bolt"}
-
-
-def train_steps(cfg: Config) -> int:
-    """training.max_steps, or the token budget in steps of global_batch_size x seq_length."""
-    t = cfg.training
-    return t.max_steps or t.max_tokens // (t.global_batch_size * t.seq_length)
 
 
 def resolve(factory: str):

@@ -70,12 +70,13 @@ def joint_sequence(ids: LatentTokenIds, chunk: ChunkInput, z: Sequence[int],
 
 def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *, num_samples: int,
           max_new_tokens: int, max_prompt_tokens: int, max_context_tokens: int, seed: int,
-          round_: int, num_tokens: int) -> list[ChunkResult]:
+          round_: int, num_tokens: int, keep_truncated: bool = False) -> list[ChunkResult]:
     """Sample, score and resample latents for `chunks`.
 
-    A sample is rejected (weight -inf) when it reached `max_new_tokens` without EOL, is empty, or
-    holds a special token or an id >= `num_tokens` (the tokenizer's size: the model's padded
-    vocabulary rows are not tokens).
+    A sample is rejected (weight -inf) when it is empty or holds a special token or an id >=
+    `num_tokens` (the tokenizer's size: the model's padded vocabulary rows are not tokens), and,
+    unless `keep_truncated`, when it reached `max_new_tokens` without EOL. A kept truncated sample
+    is scored (and laid out) with the EOL it would have needed.
     """
     prompts = [proposal_prompt(ids, c, max_prompt_tokens) for c in chunks]
     seeds = [chunk_seed(seed, round_, c.doc_id, c.chunk_idx) for c in chunks]
@@ -88,7 +89,7 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
     sequences, spans, owners = [], [], []
     for i, (chunk, prompt) in enumerate(zip(chunks, prompts)):
         for k, s in enumerate(samples[i]):
-            if not s.stopped or not valid(s.token_ids):
+            if not (s.stopped or keep_truncated) or not valid(s.token_ids):
                 continue  # rejected: weight -inf, no need to score
             sequences.append(prompt + s.token_ids + [ids.eol])
             spans.append((len(prompt), len(prompt) + len(s.token_ids) + 1))

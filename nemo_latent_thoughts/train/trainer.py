@@ -32,6 +32,7 @@ from nemo_latent_thoughts.model.megatron import gpt_model, load_state
 from nemo_latent_thoughts.model.presets import ModelShape, preset_shape
 from nemo_latent_thoughts.tokens import SPECIAL_TOKENS, latent_token_ids, load_tokenizer
 from nemo_latent_thoughts.train import checkpoint, distributed
+from nemo_latent_thoughts.train.budget import train_steps
 from nemo_latent_thoughts.train.handoff import DONE
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Trainer:
             raise NLTError(f"training.global_batch_size {t.global_batch_size} is not a multiple of "
                            f"micro_batch_size {t.micro_batch_size} x {self.world} processes")
         self.accum = t.global_batch_size // (t.micro_batch_size * self.world)
-        self.steps = t.max_steps or t.max_tokens // (t.global_batch_size * t.seq_length)
+        self.steps = train_steps(cfg)
         self.tokenizer = load_tokenizer(cfg.tokenizer.path)
         ids = latent_token_ids(self.tokenizer)
         state, self.shape = base_model(cfg, self.tokenizer)
