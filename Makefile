@@ -18,7 +18,7 @@ PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versi
 BRIDGE_VENV ?= .venv-bridge
 BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo claims test test-slow test-slurm test-bridge gpu-wheels gpu-check venv clean
+.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge gpu-wheels gpu-check venv clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -26,6 +26,10 @@ demo: $(CORE_STAMP)
 # The three toy claims over seeds 1-3 (about 80 min on 2 idle cores): examples/toy_claims/RESULTS.md.
 claims: $(CORE_STAMP)
 	$(BIN)/python examples/toy_claims/run.py --out runs/toy_claims
+
+# The same claims under BoLT's own protocol (recipes/toy_claims_bolt.yaml; resumable).
+claims-bolt: $(CORE_STAMP)
+	$(BIN)/python examples/toy_claims/run.py --protocol bolt --out runs/toy_bolt
 
 # Default suite: fast CPU tests; gpu/trtllm/nemo tests skip themselves when unsupported.
 test: $(TEST_STAMP)

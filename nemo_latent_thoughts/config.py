@@ -374,6 +374,54 @@ class EvalConfig:
 
 
 @dataclass(kw_only=True)
+class WarmStartConfig:
+    """Round 0's corpus (BoLT: a warm-start split apart from the bootstrap corpus, every chunk
+    annotated by the teacher; rounds >= 1 never see it)."""
+
+    corpus: Optional[str] = None
+    """A warm-start corpus (JSONL, data.text_field) apart from the bootstrap corpus (data.corpus):
+    round 0 trains on it with teacher latents for teacher.fraction of its chunks (BoLT: 1.0).
+    With synthetic.enabled it is generated. None: round 0 annotates teacher.fraction of the
+    bootstrap corpus itself."""
+    synthetic_docs: int = 400
+    """Documents of a generated warm-start corpus (the corpus's process, another seed, no problem
+    of the bootstrap corpus)."""
+
+    def check(self) -> None:
+        _at_least(self, 1, "synthetic_docs")
+
+
+@dataclass(kw_only=True)
+class BaseConfig:
+    """The pretrained base model every M-step of an EM run starts from (BoLT: TinyLlama, restarted
+    from for the warm start, every round and every baseline)."""
+
+    pretrain: bool = False
+    """Pretrain the base on base.corpus with the training section (random init, base.seed,
+    base.max_tokens), once: cached in base.cache_dir under a hash of everything it depends on, so
+    runs and seeds with equal inputs share it. False: every M-step starts from training.init_from."""
+    corpus: str = "${run_dir}/base_corpus.jsonl"
+    """The base corpus (JSONL, data.text_field); must not hold the bootstrap corpus or eval problems.
+    With synthetic.enabled it is generated: base.synthetic_docs documents of the same process with
+    other seeds, no problem of the bootstrap corpus, the warm-start corpus or the eval set."""
+    synthetic_docs: int = 2000
+    """Documents of the generated base corpus."""
+    working_fraction: float = 0.5
+    """Generated base corpus: share of results that show their working in plain text (`Then a*b - a
+    = 7*3 - 7 = 21 - 7 = 14.`), the skills web text gives a real base model."""
+    max_tokens: int = 4_000_000
+    """Training tokens of the base model."""
+    seed: int = 0
+    """Training seed of the base model (fixed apart from the run's seed, so seeds share one base)."""
+    cache_dir: str = "${run_dir}/../base_models"
+    """Where pretrained bases are kept, one directory per input hash."""
+
+    def check(self) -> None:
+        _require(0 <= self.working_fraction <= 1, "working_fraction", "must be in [0, 1]")
+        _at_least(self, 1, "synthetic_docs", "max_tokens")
+
+
+@dataclass(kw_only=True)
 class EMConfig:
     """The EM driver (`nlt em run`): warm start, rounds of E-step + M-step, baselines, eval, report."""
 
@@ -417,6 +465,10 @@ class Config:
     """The model."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """The M-step trainer."""
+    base: BaseConfig = field(default_factory=BaseConfig)
+    """The pretrained base model of an EM run (`nlt em run`)."""
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Round 0's own corpus (`nlt em run`)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """The warm-start teacher."""
     estep: EStepConfig = field(default_factory=EStepConfig)

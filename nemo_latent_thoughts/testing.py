@@ -29,7 +29,8 @@ _BIND_OPENERS = ("Let", "Suppose", "Take", "Set")
 _RESULT_OPENERS = ("Then", "So", "Hence", "We get")
 _BIND_SENTENCE = re.compile(rf"\b(?:{'|'.join(_BIND_OPENERS)})\s+([^.]*)\.")
 _BINDING = re.compile(r"\b([a-z])\s*=\s*(-?\d+)\b")
-_RESULT = re.compile(rf"\b(?:{'|'.join(_RESULT_OPENERS)})\s+([a-z0-9*+\-() ]+?)\s*=\s*(-?\d+)\.")
+# A result, optionally with its working shown (`Then a*b - a = 7*3 - 7 = 21 - 7 = 14.`, base corpora).
+_RESULT = re.compile(rf"\b(?:{'|'.join(_RESULT_OPENERS)})\s+([a-z0-9*+\-() ]+?)\s*=\s*(?:[0-9*+\-() ]+=\s*)*(-?\d+)\.")
 _PROBLEM = re.compile(_BIND_SENTENCE.pattern + r"\s+" + _RESULT.pattern)
 _PRECEDENCE = {ast.Add: 1, ast.Sub: 1, ast.Mult: 2}
 _SYMBOL = {ast.Add: " + ", ast.Sub: " - ", ast.Mult: "*"}
@@ -43,10 +44,18 @@ class Problem:
     expression: str
     value: int
 
-    def text(self, rng: random.Random) -> str:
+    @property
+    def key(self) -> tuple:
+        """The `problem_keys` key of this problem."""
+        return tuple((n, str(v)) for n, v in self.bindings), self.expression
+
+    def text(self, rng: random.Random, working: bool = False) -> str:
+        """The binding and result sentences; with `working`, the result shows its steps in plain text."""
         names = [f"{n} = {v}" for n, v in self.bindings]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-        return f"{rng.choice(_BIND_OPENERS)} {listed}. {rng.choice(_RESULT_OPENERS)} {self.expression} = {self.value}."
+        steps = [self.expression, *_reductions(ast.parse(self.expression, mode="eval").body,
+                                                {n: str(v) for n, v in self.bindings})[:-1]] if working else [self.expression]
+        return f"{rng.choice(_BIND_OPENERS)} {listed}. {rng.choice(_RESULT_OPENERS)} {' = '.join(steps)} = {self.value}."
 
 
 def random_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
@@ -62,13 +71,22 @@ def random_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
     return Problem(tuple(values.items()), expression, _evaluate(node, values))
 
 
-def generate_corpus(cfg: SyntheticConfig) -> list[dict]:
-    """Documents `{"id", "text"}`: paragraphs of problems, intermediate steps omitted."""
+def generate_corpus(cfg: SyntheticConfig, working_fraction: float = 0.0, exclude: set[tuple] = frozenset()) -> list[dict]:
+    """Documents `{"id", "text"}`: paragraphs of problems, intermediate steps omitted.
+
+    A base corpus (the toy's "web text") shows the working of `working_fraction` of its results in
+    plain text, and skips every problem whose key is in `exclude` (the bootstrap corpus's and the
+    eval set's). The defaults give the corpus the same bytes as before these options existed.
+    """
     docs = []
     for i in range(cfg.num_docs):
         rng = random.Random(f"{cfg.seed}:{i}")
-        problems = [random_problem(rng, cfg).text(rng)
-                    for _ in range(rng.randint(cfg.min_problems, cfg.max_problems))]
+        problems = []
+        for _ in range(rng.randint(cfg.min_problems, cfg.max_problems)):
+            problem = random_problem(rng, cfg)
+            while problem.key in exclude:
+                problem = random_problem(rng, cfg)
+            problems.append(problem.text(rng, working=working_fraction > 0 and rng.random() < working_fraction))
         paragraphs, start = [], 0
         while start < len(problems):
             end = start + rng.randint(2, 5)
@@ -249,7 +267,9 @@ def smollm2_hf_dir(out_dir: str | Path) -> Path | None:
         from nemo_latent_thoughts import fileio
 
         package = Path(list(spec.submodule_search_locations)[0])
-        model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        model = type(loaded)(loaded.config)  # a plain copy: transformers >= 5.13 will not save a GGUF-loaded model
+        model.load_state_dict(loaded.state_dict())
         tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
         with fileio.atomic_path(out_dir) as tmp:
             model.save_pretrained(str(tmp))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -167,3 +168,68 @@ def test_an_epoch_budget_gives_baselines_the_final_rounds_steps(tmp_path):
     raw = round_training(cfg, stages["baseline raw_tokens recipe"]).training
     assert (flops.epochs, flops.max_steps) == (None, 50) and (raw.epochs, raw.max_steps) == (None, 15)
     assert flops.out_dir == str(baseline_dir(cfg, "flops") / "mstep")
+
+
+BASE = ["base.pretrain=true", "base.synthetic_docs=12", "base.max_tokens=2560", "em.num_rounds=1",
+        "em.baselines=[raw_tokens]", "em.eval=false"]
+
+
+def test_a_pretrained_base_is_shared_and_every_mstep_starts_from_it(tmp_path):
+    from nemo_latent_thoughts import testing
+
+    first, second = tmp_path / "runs" / "seed1", tmp_path / "runs" / "seed2"
+    assert main(["em", "run", f"run_dir={first}", "seed=1", *TINY, *BASE]) == 0
+    base = json.loads((first / "base" / "base.json").read_text())["model"]
+    assert Path(base).parent.parent == tmp_path / "runs" / "base_models" and (Path(base) / "config.json").is_file()
+    for recipe in ("round_00/recipe.yaml", "round_01/recipe.yaml", "baselines/raw_tokens/recipe.yaml"):
+        assert load_config(first / recipe).training.init_from == base
+    assert json.loads((first / "round_01" / "mstep" / "done.json").read_text())["init_from"] == base
+
+    # The base corpus: the corpus's process with its working shown some of the time, and no problem
+    # of the bootstrap corpus, the test questions or the exemplars.
+    texts = [json.loads(line)["text"] for line in (first / "base_corpus.jsonl").open()]
+    assert any(re.search(r"= \d+\*\d+ ", t) for t in texts)  # worked steps in plain text
+    base_keys = set().union(*map(testing.problem_keys, texts))
+    corpus_keys = set().union(*(testing.problem_keys(json.loads(line)["text"]) for line in (first / "corpus.jsonl").open()))
+    questions = {testing.question_key(json.loads(line)["question"])
+                 for name in ("test.jsonl", "shots.jsonl") for line in (first / "eval_data" / name).open()}
+    assert base_keys and not base_keys & (corpus_keys | questions)
+
+    # Another seed with equal inputs trains no base of its own; other base settings do.
+    assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "--until", "base model"]) == 0
+    assert json.loads((second / "base" / "base.json").read_text())["model"] == base
+    assert len(list((tmp_path / "runs" / "base_models").iterdir())) == 1
+    third = tmp_path / "runs" / "longer"
+    assert main(["em", "run", f"run_dir={third}", *TINY, *BASE, "base.max_tokens=3840", "--until", "base model"]) == 0
+    assert json.loads((third / "base" / "base.json").read_text())["model"] != base
+
+
+def test_a_separate_warm_start_corpus_is_round_0s_alone(tmp_path):
+    from nemo_latent_thoughts import testing
+    from nemo_latent_thoughts.data.prepare import read_chunks
+
+    run = tmp_path / "run"
+    warm = ["warmstart.corpus=${run_dir}/warmstart_corpus.jsonl", "warmstart.synthetic_docs=6", "teacher.fraction=1.0",
+            "em.eval=false", "em.baselines=[raw_tokens]"]
+    assert main(["em", "run", f"run_dir={run}", *TINY, *warm, "em.num_rounds=1"]) == 0
+    warm_docs = {d[0]["doc_id"] for d in read_chunks(run / "warmstart" / "corpus")}
+    boot_docs = {d[0]["doc_id"] for d in read_chunks(run / "corpus")}
+    assert len(warm_docs) == 6 and not warm_docs & boot_docs
+    latents = [json.loads(line) for line in (run / "round_00" / "teacher" / "latents.jsonl").open()]
+    warm_chunks = sum(len(d) for d in read_chunks(run / "warmstart" / "corpus"))
+    assert {r["doc_id"] for r in latents} == warm_docs and len(latents) == warm_chunks  # every chunk annotated
+    estep = {json.loads(line)["doc_id"] for p in (run / "round_01" / "estep").glob("shard_*.jsonl") for line in p.open()}
+    assert estep == boot_docs  # rounds >= 1 never see the warm-start corpus
+    manifest = json.loads((run / "round_00" / "data" / "manifest.json").read_text())
+    assert [i["path"] for i in manifest["inputs"]["corpus"]] == [str(run / "warmstart_corpus.jsonl")]
+    keys = [set().union(*(testing.problem_keys(json.loads(line)["text"]) for line in (run / name).open()))
+            for name in ("warmstart_corpus.jsonl", "corpus.jsonl")]
+    questions = {testing.question_key(json.loads(line)["question"]) for line in (run / "eval_data" / "test.jsonl").open()}
+    assert keys[0] and not keys[0] & keys[1] and not keys[0] & questions
+    assert load_config(run / "baselines" / "raw_tokens" / "recipe.yaml").training.train_data[0].path == str(
+        run / "raw" / "data" / "train")  # the final round's corpus: the bootstrap corpus
+
+    only_warm = tmp_path / "warm_only"  # no EM round: round 0 is final, and the baselines train on its raw text
+    assert main(["em", "run", f"run_dir={only_warm}", *TINY, *warm, "em.num_rounds=0"]) == 0
+    assert load_config(only_warm / "baselines" / "raw_tokens" / "recipe.yaml").training.train_data[0].path == str(
+        only_warm / "warmstart" / "raw" / "data" / "train")

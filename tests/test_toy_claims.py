@@ -30,12 +30,26 @@ def test_claim_verdicts_follow_the_means_over_seeds():
     assert run.claims({"claim1": table})[0][2] is False
     rounds = {f"round {r}": {"accuracy": (a, 0.0, 3), "heldout_elbo": (e, 0.0, 3)}
               for r, (a, e) in enumerate([(0.1, -1.0), (0.2, -0.9), (0.3, -0.8), (0.4, -0.7)])}
+    rounds["baseline raw_tokens"] = {"accuracy": (0.15, 0.0, 3)}
     k1 = {"round 1": {"accuracy": (0.15, 0.0, 3), "heldout_elbo": (-0.95, 0.0, 3)}}
     verdicts = {c.split(":")[0]: held for c, _, held in run.claims({"claim2": rounds, "claim3_k1": k1})}
     assert verdicts == {"2": True, "3": True}
     k1["round 1"]["heldout_elbo"] = (-0.5, 0.0, 3)  # K = 1 better on ELBO: claim 3 needs both
     assert run.claims({"claim2": rounds, "claim3_k1": k1})[1][2] is False
     assert "did not hold" in run.markdown({"claim2": rounds, "claim3_k1": k1})
+    rounds["baseline raw_tokens"] = {"accuracy": (0.25, 0.0, 3)}  # round 1 below the raw baseline
+    assert run.claims({"claim2": rounds})[0][2] is False
+
+
+def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
+    run = _runner()
+    curve = {name: {"round 1": {"accuracy": (a, 0.0, 3), "heldout_elbo": (e, 0.0, 3)}}
+             for name, a, e in [("claim3_k1", 0.1, -1.0), ("claim3_k2", 0.2, -0.9), ("claim2", 0.3, -0.8),
+                                ("claim3_k8", 0.4, -0.7)]}
+    (claim, values, held), = [c for c in run.claims(curve) if c[0].startswith("3:")]
+    assert held and "K = 1, 2, 4, 8" in claim and len(values) == 8
+    curve["claim3_k8"]["round 1"]["heldout_elbo"] = (-0.85, 0.0, 3)  # K = 8 below K = 4 on ELBO
+    assert not [c for c in run.claims(curve) if c[0].startswith("3:")][0][2]
 
 
 @pytest.mark.slow

@@ -1,13 +1,23 @@
 """Run the paper's three claims at toy scale with `nlt em run`, over seeds, and tabulate them.
 
-    python examples/toy_claims/run.py [--seeds 1 2 3] [--experiments claim1 ...] [--out runs/toy_claims] [KEY=VALUE ...]
+    python examples/toy_claims/run.py [--protocol old|bolt] [--seeds 1 2 3] [--experiments claim1 ...]
+                                      [--out runs/toy_claims] [KEY=VALUE ...]
 
-Experiments (each on recipes/toy_claims.yaml, one run directory per seed, resumable):
+Protocol `old` (recipes/toy_claims.yaml; sessions 1-3): every M-step from random initialisation,
+the warm start annotates a share of the bootstrap corpus itself, a fixed token budget.
   claim1      program-teacher latents for every chunk (round 0) vs the raw_tokens and flops baselines
   claim2      10% warm start, then 3 EM rounds with K = 4: does accuracy rise over rounds 1, 2, 3?
   claim3_k1   the same warm start, 1 EM round with K = 1; claim 3 sets its round 1 against
               claim2's round 1 (K = 4, otherwise identical): does K = 4 beat K = 1?
   claim2_warm30  diagnostic: claim2 from a 30% warm start
+Protocol `bolt` (recipes/toy_claims_bolt.yaml; BoLT's own, DESIGN.md 1.5): every M-step from one
+pretrained base (shared by all runs under OUT), round 0 on its own fully annotated warm-start
+corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
+  claim1      round 0 (the warm start) vs the raw_tokens and flops baselines on its raw text
+  claim2      3 EM rounds with K = 4: accuracy rises over rounds 1, 2, 3, each above raw_tokens?
+  claim3_k1, claim3_k2, claim3_k8   1 EM round with K = 1, 2, 8; with claim2's round 1 (K = 4)
+              a curve: do accuracy and held-out ELBO rise with K?
+Each experiment runs one run directory per seed (resumable: rerun the same command).
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
 the raw-data baselines. Writes OUT/results.json, OUT/per_seed.json, OUT/results.md (mean ± std over seeds per model,
 then each claim's comparison and whether it held) and OUT/claims.png.
@@ -25,14 +35,22 @@ import numpy as np
 
 from nemo_latent_thoughts.em.report import accuracy, collect
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "toy_claims.yaml"
-EXPERIMENTS = {
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPE = {"old": RECIPES / "toy_claims.yaml", "bolt": RECIPES / "toy_claims_bolt.yaml"}
+OLD = {
     "claim1": ["teacher.fraction=1.0", "em.num_rounds=0", "em.baselines=[raw_tokens,flops]"],
     "claim2": ["teacher.fraction=0.1", "em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
     "claim3_k1": ["teacher.fraction=0.1", "em.num_rounds=1", "estep.num_samples=1", "em.baselines=[]"],
     # Diagnostic for claim 2 (RESULTS.md): the same EM loop from a larger warm start.
     "claim2_warm30": ["teacher.fraction=0.3", "em.num_rounds=3", "estep.num_samples=4", "em.baselines=[]"],
 }
+BOLT = {
+    "claim1": ["em.num_rounds=0", "em.baselines=[raw_tokens,flops]"],
+    "claim2": ["em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
+    **{f"claim3_k{k}": ["em.num_rounds=1", f"estep.num_samples={k}", "em.baselines=[]"] for k in (1, 2, 8)},
+}
+EXPERIMENTS = {"old": OLD, "bolt": BOLT}
+K_CURVE = [(1, "claim3_k1"), (2, "claim3_k2"), (4, "claim2"), (8, "claim3_k8")]
 
 
 def metrics(run_dir: Path) -> dict[str, dict[str, float | None]]:
@@ -75,10 +93,17 @@ def claims(results: dict) -> list[tuple[str, list[tuple[str, tuple]], bool]]:
                      bool(r0[0] >= 2 * raw[0] and r0[0] > flops[0])))
     if "claim2" in results:
         rounds = [get("claim2", f"round {r}") for r in range(4)]
-        out.append(("2: accuracy rises over EM rounds 1, 2, 3 (from a 10% warm start)",
-                    [(f"round {r}", v) for r, v in enumerate(rounds)] + [("raw_tokens (plain)", get("claim2", "baseline raw_tokens"))],
-                    bool(rounds[1][0] < rounds[2][0] < rounds[3][0])))
-    if "claim2" in results and "claim3_k1" in results:
+        raw = get("claim2", "baseline raw_tokens")
+        out.append(("2: accuracy rises over EM rounds 1, 2, 3, each above the raw_tokens baseline",
+                    [(f"round {r}", v) for r, v in enumerate(rounds)] + [("raw_tokens (plain)", raw)],
+                    bool(rounds[1][0] < rounds[2][0] < rounds[3][0] and min(r[0] for r in rounds[1:]) > raw[0])))
+    curve = [(k, name) for k, name in K_CURVE if name in results]
+    if len(curve) > 2:  # the BoLT protocol's K = 1, 2, 4, 8 at round 1
+        values = [(metric, k, get(name, "round 1", metric)) for metric in ("accuracy", "heldout_elbo") for k, name in curve]
+        rising = all(a[2][0] < b[2][0] for a, b in zip(values, values[1:]) if a[0] == b[0])
+        out.append(("3: at round 1, accuracy and held-out ELBO rise with K = " + ", ".join(str(k) for k, _ in curve),
+                    [(f"{metric} K={k}", v) for metric, k, v in values], rising))
+    elif "claim2" in results and "claim3_k1" in results:
         pairs = [(metric, get("claim2", "round 1", metric), get("claim3_k1", "round 1", metric))
                  for metric in ("accuracy", "heldout_elbo")]
         out.append(("3: K = 4 beats K = 1 at round 1, on accuracy and on held-out ELBO",
@@ -125,17 +150,24 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--protocol", choices=list(RECIPE), default="old")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    parser.add_argument("--experiments", nargs="+", help="default: all of the protocol's")
     parser.add_argument("--out", type=Path, default=Path("runs/toy_claims"))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run")
     args = parser.parse_args()
+    experiments = EXPERIMENTS[args.protocol]
+    unknown = set(args.experiments or []) - set(experiments)
+    if unknown:
+        parser.error(f"--experiments: {', '.join(sorted(unknown))} not in protocol {args.protocol}: {', '.join(experiments)}")
+    shared = [f"base.cache_dir={args.out.resolve() / 'base_models'}"] if args.protocol == "bolt" else []
     results, seeds = {}, {}
-    for name in args.experiments:
+    for name in args.experiments or list(experiments):
         for seed in args.seeds:
             run_dir = args.out / name / f"seed{seed}"
-            subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE),
-                            f"run_dir={run_dir}", f"seed={seed}", *EXPERIMENTS[name], *args.overrides], check=True)
+            subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE[args.protocol]),
+                            f"run_dir={run_dir}", f"seed={seed}", *experiments[name], *shared, *args.overrides],
+                           check=True)
             seeds.setdefault(name, {})[seed] = metrics(run_dir)
         results[name] = table(list(seeds[name].values()))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,9 @@ class CorpusReader:
                 yield location, f"{path.name}:{number}", record
 
     def _parquet(self, path: Path):
+        from nemo_latent_thoughts.optional import require
+
+        require("pyarrow", f"reading the Parquet corpus {path}")
         import pyarrow.parquet as pq
 
         try:

@@ -20,13 +20,16 @@ from typing import Optional
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
-from nemo_latent_thoughts.em.plan import DONE, MANIFEST, Stage, plan, round_dir, round_latents
+from nemo_latent_thoughts.em.base import base_model, pretrain_base, write_synthetic_base_corpus
+from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
+                                          round_latents)
 from nemo_latent_thoughts.errors import NLTError
 
 log = logging.getLogger(__name__)
 
 PID, TIMINGS = "em.pid", "timings.json"
 HELD_OUT_SEED = 1_000_003  # synthetic eval data uses synthetic.seed + this (+1, +2): never the corpus's seed
+WARMSTART_SEED = 3_000_017  # a generated warm-start corpus uses synthetic.seed + this
 
 
 def setup(cfg: Config) -> None:
@@ -38,22 +41,31 @@ def setup(cfg: Config) -> None:
         if not corpus.exists():
             fileio.write_jsonl(corpus, testing.generate_corpus(s))
         texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
-        if not Path(cfg.tokenizer.path).exists():
-            testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
+        seen = set().union(*map(testing.problem_keys, texts))
+        if cfg.warmstart.corpus:  # round 0's own corpus: no problem of the bootstrap corpus
+            if not Path(cfg.warmstart.corpus).exists():
+                warm = replace(s, num_docs=cfg.warmstart.synthetic_docs, seed=s.seed + WARMSTART_SEED)
+                fileio.write_jsonl(cfg.warmstart.corpus, testing.generate_corpus(warm, exclude=seen))
+            warm_texts = [json.loads(line)["text"] for line in open(cfg.warmstart.corpus, encoding="utf-8")]
+            texts += warm_texts
+            seen |= set().union(*map(testing.problem_keys, warm_texts))
         eval_dir = run / "eval_data"
         seed = s.seed + HELD_OUT_SEED
-        seen = set().union(*map(testing.problem_keys, texts))
         test = testing.synthetic_eval_items(cfg.em.synthetic_eval_examples, seed, s, exclude=seen)
         seen |= {testing.question_key(item["question"]) for item in test}  # no exemplar is a test question
         fileio.write_jsonl(eval_dir / "test.jsonl", test)
         fileio.write_jsonl(eval_dir / "shots.jsonl", testing.synthetic_eval_items(32, seed + 1, s, exclude=seen))
         fileio.write_jsonl(eval_dir / "heldout.jsonl", testing.generate_corpus(replace(s, num_docs=20, seed=seed + 2)))
+        if cfg.base.pretrain:  # no bootstrap, test or exemplar problem in the base corpus
+            texts += write_synthetic_base_corpus(cfg, exclude=seen)
+        if not Path(cfg.tokenizer.path).exists():
+            testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
     fileio.write_json(run / "setup.json", {"synthetic": s.enabled})
 
 
 def round_training(cfg: Config, stage: Stage) -> Config:
     """The complete config of one M-step: this round's (or the raw) data, budget and output."""
-    data = Path(cfg.run_dir) / "raw" / "data" if stage.round is None else round_dir(cfg, stage.round) / "data"
+    data = baseline_raw_data(cfg) if stage.round is None else round_dir(cfg, stage.round) / "data"
     t = cfg.training
     max_tokens, max_steps, epochs = t.max_tokens, t.max_steps, t.epochs  # rounds and the flops baseline: the same budget
     final = round_dir(cfg, cfg.em.num_rounds)
@@ -67,7 +79,8 @@ def round_training(cfg: Config, stage: Stage) -> Config:
     has_valid = json.loads((data / MANIFEST).read_text())["splits"]["valid"]["documents"] > 0
     training = replace(t, train_data=[DataSource(path=str(data / "train"))],
                        valid_data=[DataSource(path=str(data / "valid"))] if has_valid else [],
-                       out_dir=str(stage.out / "mstep"), max_tokens=max_tokens, max_steps=max_steps, epochs=epochs)
+                       out_dir=str(stage.out / "mstep"), max_tokens=max_tokens, max_steps=max_steps, epochs=epochs,
+                       init_from=base_model(cfg))
     return replace(cfg, training=training)
 
 
@@ -78,14 +91,19 @@ def run_stage(cfg: Config, stage: Stage) -> None:
     r = stage.round
     if stage.kind == "setup":
         setup(cfg)
-    elif stage.kind == "prepare":
-        prepare(cfg)
+    elif stage.kind == "prepare":  # the bootstrap corpus, or round 0's own
+        corpus = [cfg.warmstart.corpus] if r == 0 else cfg.data.corpus
+        prepare(replace(cfg, data=replace(cfg.data, corpus=corpus, chunks_dir=str(stage.out))))
     elif stage.kind == "raw_data":
-        write_dataset(replace(cfg, write=replace(cfg.write, latents=[], out_dir=str(stage.out), model="")))
+        write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, 0) if r == 0 else cfg.data.chunks_dir),
+                              write=replace(cfg.write, latents=[], out_dir=str(stage.out), model="")))
+    elif stage.kind == "base":
+        pretrain_base(cfg, stage.out)
     elif stage.kind == "teacher":
         from nemo_latent_thoughts.teacher.run import run_teacher
 
-        run_teacher(replace(cfg, teacher=replace(cfg.teacher, out_dir=str(stage.out))))
+        run_teacher(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, 0)),
+                            teacher=replace(cfg.teacher, out_dir=str(stage.out))))
     elif stage.kind == "estep":
         from nemo_latent_thoughts.estep import run_estep
 
@@ -93,8 +111,9 @@ def run_stage(cfg: Config, stage: Stage) -> None:
                                              out_dir=str(stage.out))))
     elif stage.kind == "data":
         model = f"teacher:{cfg.teacher.kind}" if r == 0 else str(round_dir(cfg, r - 1) / "mstep" / "hf")
-        write_dataset(replace(cfg, write=replace(cfg.write, latents=round_latents(cfg, r), out_dir=str(stage.out), round=r,
-                                                 model=model)))
+        write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, r)),
+                              write=replace(cfg.write, latents=round_latents(cfg, r), out_dir=str(stage.out), round=r,
+                                            model=model)))
     elif stage.kind == "recipe":
         fileio.write_text(stage.marker, config_lib.to_yaml(round_training(cfg, stage)))
     elif stage.kind == "mstep":

@@ -2,6 +2,8 @@
 
     run_dir/corpus/                      prepared chunks (+ the synthetic corpus, tokenizer, eval data)
     run_dir/raw/data/                    raw-only data (the baselines')
+    run_dir/base/                        the pretrained base model's corpus and pointer (base.pretrain)
+    run_dir/warmstart/{corpus,raw/data}/ round 0's own corpus, prepared, and its raw data (warmstart.corpus)
     run_dir/round_00/teacher/            warm-start latents
     run_dir/round_NN/estep/              round NN >= 1: latents sampled by round NN-1's model
     run_dir/round_NN/data/               augmented data
@@ -26,7 +28,7 @@ class Stage:
     """One unit of an EM run: `kind` says what runs, `out` where; done when `marker` exists."""
 
     name: str
-    kind: str  # setup, prepare, raw_data, teacher, estep, data, recipe, mstep, eval, report
+    kind: str  # setup, prepare, raw_data, base, teacher, estep, data, recipe, mstep, eval, report
     round: int | None
     out: Path
     marker: Path
@@ -47,6 +49,22 @@ def round_latents(cfg: Config, r: int) -> list[str]:
     return [str(round_dir(cfg, r) / "estep" / "shard_*.jsonl")]
 
 
+def warmstart_dir(cfg: Config) -> Path:
+    return Path(cfg.run_dir) / "warmstart"
+
+
+def round_chunks(cfg: Config, r: int) -> str:
+    """The prepared chunks round `r` annotates: round 0's own warm-start corpus, or the bootstrap corpus."""
+    return str(warmstart_dir(cfg) / "corpus") if r == 0 and cfg.warmstart.corpus else cfg.data.chunks_dir
+
+
+def baseline_raw_data(cfg: Config) -> Path:
+    """The raw data of the corpus the final round trained on: the baselines' data."""
+    if cfg.em.num_rounds == 0 and cfg.warmstart.corpus:
+        return warmstart_dir(cfg) / "raw" / "data"
+    return Path(cfg.run_dir) / "raw" / "data"
+
+
 def baseline_dir(cfg: Config, kind: str) -> Path:
     return Path(cfg.run_dir) / "baselines" / kind
 
@@ -60,11 +78,19 @@ def model_stages(name: str, base: Path, r: int | None, cfg: Config) -> list[Stag
     return stages
 
 
+def warmstart_stages(cfg: Config) -> list[Stage]:
+    warm = warmstart_dir(cfg)
+    return [Stage("warm-start prepare", "prepare", 0, warm / "corpus", warm / "corpus" / MANIFEST),
+            Stage("warm-start raw data", "raw_data", 0, warm / "raw" / "data", warm / "raw" / "data" / MANIFEST)]
+
+
 def plan(cfg: Config) -> list[Stage]:
     run = Path(cfg.run_dir)
     stages = [Stage("setup", "setup", None, run, run / "setup.json"),
               Stage("prepare", "prepare", None, Path(cfg.data.chunks_dir), Path(cfg.data.chunks_dir) / MANIFEST),
               Stage("raw data", "raw_data", None, run / "raw" / "data", run / "raw" / "data" / MANIFEST),
+              *(warmstart_stages(cfg) if cfg.warmstart.corpus else []),
+              *([Stage("base model", "base", None, run / "base", run / "base" / "base.json")] if cfg.base.pretrain else []),
               Stage("round 0 teacher", "teacher", 0, round_dir(cfg, 0) / "teacher",
                     round_dir(cfg, 0) / "teacher" / MANIFEST)]
     for r in range(cfg.em.num_rounds + 1):
