@@ -406,9 +406,13 @@ class BaseConfig:
     other seeds, no problem of the bootstrap corpus, the warm-start corpus or the eval set."""
     synthetic_docs: int = 2000
     """Documents of the generated base corpus."""
+    style: str = "worked"
+    """Generated base corpus: worked (the corpus's problems, working_fraction of the results with
+    their working in plain text) or skills (substitutions and plain arithmetic with working, the
+    task's component skills, never composed into the task itself)."""
     working_fraction: float = 0.5
-    """Generated base corpus: share of results that show their working in plain text (`Then a*b - a
-    = 7*3 - 7 = 21 - 7 = 14.`), the skills web text gives a real base model."""
+    """Generated worked base corpus: share of results that show their working in plain text (`Then
+    a*b - a = 7*3 - 7 = 21 - 7 = 14.`)."""
     max_tokens: int = 4_000_000
     """Training tokens of the base model."""
     seed: int = 0
@@ -418,6 +422,7 @@ class BaseConfig:
 
     def check(self) -> None:
         _require(0 <= self.working_fraction <= 1, "working_fraction", "must be in [0, 1]")
+        _require(self.style in ("worked", "skills"), "style", "must be worked or skills")
         _at_least(self, 1, "synthetic_docs", "max_tokens")
 
 

@@ -71,6 +71,14 @@ def random_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
     return Problem(tuple(values.items()), expression, _evaluate(node, values))
 
 
+def _fresh_problem(rng: random.Random, cfg: SyntheticConfig, exclude: set[tuple]) -> Problem:
+    """The next random problem whose key is not in `exclude`."""
+    problem = random_problem(rng, cfg)
+    while problem.key in exclude:
+        problem = random_problem(rng, cfg)
+    return problem
+
+
 def generate_corpus(cfg: SyntheticConfig, working_fraction: float = 0.0, exclude: set[tuple] = frozenset()) -> list[dict]:
     """Documents `{"id", "text"}`: paragraphs of problems, intermediate steps omitted.
 
@@ -83,9 +91,7 @@ def generate_corpus(cfg: SyntheticConfig, working_fraction: float = 0.0, exclude
         rng = random.Random(f"{cfg.seed}:{i}")
         problems = []
         for _ in range(rng.randint(cfg.min_problems, cfg.max_problems)):
-            problem = random_problem(rng, cfg)
-            while problem.key in exclude:
-                problem = random_problem(rng, cfg)
+            problem = _fresh_problem(rng, cfg, exclude)
             problems.append(problem.text(rng, working=working_fraction > 0 and rng.random() < working_fraction))
         paragraphs, start = [], 0
         while start < len(problems):
@@ -93,6 +99,27 @@ def generate_corpus(cfg: SyntheticConfig, working_fraction: float = 0.0, exclude
             paragraphs.append(" ".join(problems[start:end]))
             start = end
         docs.append({"id": f"synth-{cfg.seed}-{i:06d}", "text": "\n".join(paragraphs)})
+    return docs
+
+
+def generate_skills_corpus(cfg: SyntheticConfig, exclude: set[tuple] = frozenset()) -> list[dict]:
+    """A base corpus of the task's component skills, never composed: each problem of the corpus's
+    process appears either as a substitution (`Let a = 7 and b = 3. So a*b - a is 7*3 - 7.`) or as
+    plain arithmetic with its working (`7*3 - 7 = 21 - 7 = 14.`), never as `a*b - a = 14`."""
+    docs = []
+    for i in range(cfg.num_docs):
+        rng = random.Random(f"skills:{cfg.seed}:{i}")
+        sentences = []
+        for _ in range(rng.randint(cfg.min_problems, cfg.max_problems)):
+            problem = _fresh_problem(rng, cfg, exclude)
+            steps = _reductions(ast.parse(problem.expression, mode="eval").body,
+                                {n: str(v) for n, v in problem.bindings})
+            if rng.random() < 0.5:
+                binding = problem.text(rng).split(". ")[0]
+                sentences.append(f"{binding}. {rng.choice(_RESULT_OPENERS)} {problem.expression} is {steps[0]}.")
+            else:
+                sentences.append(" = ".join(steps) + ".")
+        docs.append({"id": f"skills-{cfg.seed}-{i:06d}", "text": " ".join(sentences)})
     return docs
 
 

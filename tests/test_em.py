@@ -196,8 +196,9 @@ def test_a_pretrained_base_is_shared_and_every_mstep_starts_from_it(tmp_path):
     assert base_keys and not base_keys & (corpus_keys | questions)
 
     # Another seed with equal inputs trains no base of its own; other base settings do.
-    assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "--until", "base model"]) == 0
+    assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "em.eval=true", "--until", "base eval"]) == 0
     assert json.loads((second / "base" / "base.json").read_text())["model"] == base
+    assert load_config(second / "base" / "eval" / "config.yaml").eval.model == base  # the base's own evaluation
     assert len(list((tmp_path / "runs" / "base_models").iterdir())) == 1
     third = tmp_path / "runs" / "longer"
     assert main(["em", "run", f"run_dir={third}", *TINY, *BASE, "base.max_tokens=3840", "--until", "base model"]) == 0

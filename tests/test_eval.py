@@ -131,6 +131,12 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
         for seed in (0, 1):
             lines = [json.loads(x) for x in (out / f"predictions_test_{mode}_seed{seed}.jsonl").open()]
             assert len(lines) == 6 and test[mode]["per_seed"][str(seed)] == sum(x["correct"] for x in lines) / 6
+            for x in lines:  # graded on the thought exactly when no answer was stated
+                assert x["thought_correct"] == (bool(x["thought"]) and is_correct(
+                    EvalItem(question=x["question"], solution="", answer=x["gold"], kind="gsm8k", where=x["where"]), x["thought"].split("Question:")[0]))
+    thoughts = [json.loads(x)["thought_correct"] for seed in (0, 1) for x in (out / f"predictions_test_latent_seed{seed}.jsonl").open()]
+    assert test["latent"]["thought_accuracy_mean"] == pytest.approx(sum(thoughts) / 12)
+    assert "thought_accuracy_mean" not in test["plain"]
     heldout = summary["heldout"]
     assert heldout["chunks"] == 3 and heldout["num_samples"] == 3 and heldout["logp_per_raw_token"] < 0  # not estep K
     assert heldout["elbo_per_raw_token"] is None or heldout["elbo_per_raw_token"] < 0

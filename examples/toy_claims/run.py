@@ -62,11 +62,19 @@ def metrics(run_dir: Path) -> dict[str, dict[str, float | None]]:
         by_mode = {m: (accuracy(row["eval"], m) or (None,))[0] for m in results["cfg"].eval.modes}
         out[row["name"]] = {"accuracy": by_mode.get("plain" if row["round"] is None else "latent"),
                             **{f"accuracy_{m}": v for m, v in by_mode.items()},
+                            "thought_accuracy": _thought_accuracy(row["eval"]),
                             "heldout_elbo": heldout.get("elbo_per_raw_token"),
                             "heldout_logp": heldout.get("logp_per_raw_token"),
                             "estep_elbo": ((row["estep"] or {}).get("metrics") or {}).get("elbo_per_raw_token"),
                             "valid_loss": (row["mstep"] or {}).get("valid_loss")}
     return out
+
+
+def _thought_accuracy(summary: dict | None) -> float | None:
+    """Latent mode: how often the thought itself ends in the right value (mean over eval files)."""
+    values = [f["latent"]["thought_accuracy_mean"] for f in (summary or {}).get("files", {}).values()
+              if "thought_accuracy_mean" in f.get("latent", {})]
+    return float(np.mean(values)) if values else None
 
 
 def table(per_seed: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:

@@ -34,7 +34,9 @@ def write_synthetic_base_corpus(cfg: Config, exclude: set[tuple]) -> list[str]:
     b = cfg.base
     if not Path(b.corpus).exists():
         s = replace(cfg.synthetic, num_docs=b.synthetic_docs, seed=cfg.synthetic.seed + BASE_SEED)
-        fileio.write_jsonl(b.corpus, testing.generate_corpus(s, working_fraction=b.working_fraction, exclude=exclude))
+        docs = (testing.generate_skills_corpus(s, exclude) if b.style == "skills" else
+                testing.generate_corpus(s, working_fraction=b.working_fraction, exclude=exclude))
+        fileio.write_jsonl(b.corpus, docs)
     return [json.loads(line)[cfg.data.text_field] for line in open(b.corpus, encoding="utf-8")]
 
 

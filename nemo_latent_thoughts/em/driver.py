@@ -126,7 +126,8 @@ def run_stage(cfg: Config, stage: Stage) -> None:
     elif stage.kind == "eval":
         from nemo_latent_thoughts.eval.run import run_eval
 
-        run_eval(replace(cfg, eval=replace(cfg.eval, model=str(stage.out.parent / "mstep" / "hf"), out_dir=str(stage.out))))
+        model = base_model(cfg) if stage.name == "base eval" else str(stage.out.parent / "mstep" / "hf")
+        run_eval(replace(cfg, eval=replace(cfg.eval, model=model, out_dir=str(stage.out))))
     elif stage.kind == "report":
         from nemo_latent_thoughts.em.report import write_report
 

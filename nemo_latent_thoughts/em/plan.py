@@ -78,6 +78,14 @@ def model_stages(name: str, base: Path, r: int | None, cfg: Config) -> list[Stag
     return stages
 
 
+def base_stages(cfg: Config) -> list[Stage]:
+    base = Path(cfg.run_dir) / "base"
+    stages = [Stage("base model", "base", None, base, base / "base.json")]
+    if cfg.em.eval:  # the reference every M-step starts from
+        stages.append(Stage("base eval", "eval", None, base / "eval", base / "eval" / SUMMARY))
+    return stages
+
+
 def warmstart_stages(cfg: Config) -> list[Stage]:
     warm = warmstart_dir(cfg)
     return [Stage("warm-start prepare", "prepare", 0, warm / "corpus", warm / "corpus" / MANIFEST),
@@ -90,7 +98,7 @@ def plan(cfg: Config) -> list[Stage]:
               Stage("prepare", "prepare", None, Path(cfg.data.chunks_dir), Path(cfg.data.chunks_dir) / MANIFEST),
               Stage("raw data", "raw_data", None, run / "raw" / "data", run / "raw" / "data" / MANIFEST),
               *(warmstart_stages(cfg) if cfg.warmstart.corpus else []),
-              *([Stage("base model", "base", None, run / "base", run / "base" / "base.json")] if cfg.base.pretrain else []),
+              *(base_stages(cfg) if cfg.base.pretrain else []),
               Stage("round 0 teacher", "teacher", 0, round_dir(cfg, 0) / "teacher",
                     round_dir(cfg, 0) / "teacher" / MANIFEST)]
     for r in range(cfg.em.num_rounds + 1):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
-from nemo_latent_thoughts.em.plan import DONE, MANIFEST, SUMMARY, baseline_dir, round_dir
+from nemo_latent_thoughts.em.plan import DONE, MANIFEST, SUMMARY, baseline_dir, baseline_raw_data, round_dir
 from nemo_latent_thoughts.errors import NLTError
 
 
@@ -39,9 +39,13 @@ def collect(run_dir: Path) -> dict[str, Any]:
         rows.append({"name": f"round {r}", "round": r, "estep": _read(d / "estep" / MANIFEST),
                      "data": _read(d / "data" / MANIFEST), "mstep": _read(d / "mstep" / DONE),
                      "eval": _read(d / "eval" / SUMMARY)})
-    baselines = [{"name": f"baseline {k}", "round": None, "estep": None, "data": _read(run_dir / "raw" / "data" / MANIFEST),
+    baselines = [{"name": f"baseline {k}", "round": None, "estep": None, "data": _read(baseline_raw_data(cfg) / MANIFEST),
                   "mstep": _read(baseline_dir(cfg, k) / "mstep" / DONE), "eval": _read(baseline_dir(cfg, k) / "eval" / SUMMARY)}
                  for k in cfg.em.baselines]
+    if cfg.base.pretrain:  # the pretrained base every M-step started from, as a reference row
+        base = run_dir / "base"
+        baselines.insert(0, {"name": "base", "round": None, "estep": None, "data": _read(base / "data" / MANIFEST),
+                             "mstep": _read(base / "base.json"), "eval": _read(base / "eval" / SUMMARY)})
     return {"cfg": cfg, "rounds": rows, "baselines": baselines, "teacher": _read(round_dir(cfg, 0) / "teacher" / MANIFEST),
             "timings": _read(run_dir / "timings.json") or {}}
 
@@ -83,7 +87,7 @@ def plot(results: dict, path: Path) -> None:
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], marker="o", capsize=3,
                         color=color, label=f"EM ({mode})")
-        for b, style in zip(results["baselines"], ("--", ":")):
+        for b, style in zip(results["baselines"], ("--", ":", "-.")):
             a = accuracy(b["eval"], mode)
             if a:
                 ax.axhline(a[0], linestyle=style, color=color, alpha=0.7, label=f"{b['name']} ({mode})")
@@ -99,7 +103,7 @@ def plot(results: dict, path: Path) -> None:
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
         if title.startswith("held-out"):
-            for b, style in zip(results["baselines"], ("--", ":")):
+            for b, style in zip(results["baselines"], ("--", ":", "-.")):
                 lp = ((b["eval"] or {}).get("heldout") or {}).get("logp_per_raw_token")
                 if lp is not None:
                     ax.axhline(lp, linestyle=style, color="gray", label=f"{b['name']} log p(x)")

@@ -54,8 +54,8 @@ def generate(model, tokenizer, batch: list[list[int]], max_new_tokens: int, stop
     return [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in rows]
 
 
-def _accuracy_part(path: Path) -> list[bool]:
-    return [json.loads(line)["correct"] for line in path.open(encoding="utf-8")]
+def _accuracy_part(path: Path, key: str = "correct") -> list[bool]:
+    return [bool(json.loads(line).get(key)) for line in path.open(encoding="utf-8")]
 
 
 def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
@@ -122,15 +122,18 @@ def run_eval(cfg: Config) -> Path:
         name = Path(path).stem
         report = summary["files"][name] = {"path": str(path), "examples": len(items), "skipped": skipped}
         for mode in e.modes:
-            per_seed = []
+            per_seed, thoughts = [], []
             for seed in e.seeds:
                 part = out / f"predictions_{name}_{mode}_seed{seed}.jsonl"
                 if not part.exists():
                     shots = random.Random(seed).sample(pool, min(e.num_shots, len(pool)))
                     _evaluate(model, tokenizer, ids, shots, items, mode, part, cfg)
                 per_seed.append(float(np.mean(_accuracy_part(part))) if items else 0.0)
+                thoughts.append(float(np.mean(_accuracy_part(part, "thought_correct"))) if items else 0.0)
             report[mode] = {"accuracy_mean": float(np.mean(per_seed)), "accuracy_std": float(np.std(per_seed)),
                             "per_seed": dict(zip(map(str, e.seeds), per_seed))}
+            if mode == "latent":  # a diagnostic: the thought's own final value, whatever the stated answer
+                report[mode]["thought_accuracy_mean"] = float(np.mean(thoughts))
             log.info("eval: %s %s accuracy %.3f +- %.3f over %d seeds", name, mode, np.mean(per_seed),
                      np.std(per_seed), len(per_seed))
     del model
@@ -153,10 +156,10 @@ def _evaluate(model, tokenizer, ids, shots: list[EvalItem], items: list[EvalItem
     for item, tokens in zip(items, generated):
         thought, answer = answer_text(tokenizer, ids, tokens, mode, e.template)
         graded_on = "answer" if has_answer(answer) or not thought else "thought"
+        thought_correct = bool(thought) and is_correct(item, thought.split(STOP_TEXT[e.template])[0])
         records.append({"where": item.where, "question": item.question, "gold": item.answer, "thought": thought,
-                        "prediction": answer, "graded_on": graded_on,
-                        "correct": is_correct(item, answer if graded_on == "answer" else
-                                              thought.split(STOP_TEXT[e.template])[0])})
+                        "prediction": answer, "graded_on": graded_on, "thought_correct": thought_correct,
+                        "correct": is_correct(item, answer) if graded_on == "answer" else thought_correct})
     fileio.write_jsonl(part, records)
 
 
