@@ -415,6 +415,9 @@ class BaseConfig:
     a*b - a = 7*3 - 7 = 21 - 7 = 14.`)."""
     max_tokens: int = 4_000_000
     """Training tokens of the base model."""
+    lr: Optional[float] = None
+    """Peak learning rate of the base's pretraining (cosine to lr / 10); None: training.lr and
+    training.min_lr, so that changing the M-steps' rates also changes (and retrains) the base."""
     seed: int = 0
     """Training seed of the base model (fixed apart from the run's seed, so seeds share one base)."""
     cache_dir: str = "${run_dir}/../base_models"
@@ -424,6 +427,7 @@ class BaseConfig:
         _require(0 <= self.working_fraction <= 1, "working_fraction", "must be in [0, 1]")
         _require(self.style in ("worked", "skills"), "style", "must be worked or skills")
         _at_least(self, 1, "synthetic_docs", "max_tokens")
+        _require(self.lr is None or self.lr > 0, "lr", "must be > 0")
 
 
 @dataclass(kw_only=True)

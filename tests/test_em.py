@@ -203,6 +203,12 @@ def test_a_pretrained_base_is_shared_and_every_mstep_starts_from_it(tmp_path):
     third = tmp_path / "runs" / "longer"
     assert main(["em", "run", f"run_dir={third}", *TINY, *BASE, "base.max_tokens=3840", "--until", "base model"]) == 0
     assert json.loads((third / "base" / "base.json").read_text())["model"] != base
+    # With its own rates, the base no longer depends on the M-steps' learning rate.
+    own = [f"base.lr={load_config(first / 'config.yaml').training.lr}"]
+    for name, lr in (("own_a", "training.lr=1e-3"), ("own_b", "training.lr=5e-4")):
+        assert main(["em", "run", f"run_dir={tmp_path / 'runs' / name}", *TINY, *BASE, *own, lr, "--until", "base model"]) == 0
+    bases = {json.loads((tmp_path / "runs" / n / "base" / "base.json").read_text())["model"] for n in ("own_a", "own_b")}
+    assert len(bases) == 1 and load_config(Path(bases.pop()).parent / "config.yaml").training.lr == float(own[0].split("=")[1])
 
 
 def test_a_separate_warm_start_corpus_is_round_0s_alone(tmp_path):

@@ -73,6 +73,8 @@ def pretrain_base(cfg: Config, out: Path) -> None:
     training = replace(cfg.training, train_data=[DataSource(path=str(data / "train"))],
                        valid_data=[DataSource(path=str(data / "valid"))] if has_valid else [],
                        max_tokens=b.max_tokens, max_steps=None, epochs=None, init_from=None, out_dir="")
+    if b.lr is not None:
+        training = replace(training, lr=b.lr, min_lr=b.lr / 10)
     settings = {"model": dataclasses.asdict(cfg.model), "seed": b.seed,
                 "training": {k: v for k, v in dataclasses.asdict(training).items()
                              if k not in ("train_data", "valid_data", "out_dir")}}
