@@ -95,7 +95,7 @@ def run_stage(cfg: Config, stage: Stage) -> None:
         corpus = [cfg.warmstart.corpus] if r == 0 else cfg.data.corpus
         prepare(replace(cfg, data=replace(cfg.data, corpus=corpus, chunks_dir=str(stage.out))))
     elif stage.kind == "raw_data":
-        write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, 0) if r == 0 else cfg.data.chunks_dir),
+        write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, r)),
                               write=replace(cfg.write, latents=[], out_dir=str(stage.out), model="")))
     elif stage.kind == "base":
         pretrain_base(cfg, stage.out)

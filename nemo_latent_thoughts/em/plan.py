@@ -53,8 +53,9 @@ def warmstart_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "warmstart"
 
 
-def round_chunks(cfg: Config, r: int) -> str:
-    """The prepared chunks round `r` annotates: round 0's own warm-start corpus, or the bootstrap corpus."""
+def round_chunks(cfg: Config, r: int | None) -> str:
+    """The prepared chunks round `r` annotates (None: the baselines' raw data): round 0's own
+    warm-start corpus, or the bootstrap corpus."""
     return str(warmstart_dir(cfg) / "corpus") if r == 0 and cfg.warmstart.corpus else cfg.data.chunks_dir
 
 
