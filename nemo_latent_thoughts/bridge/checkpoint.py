@@ -30,6 +30,11 @@ def bridge_dir(cfg: Config) -> Path:
     return Path(cfg.training.out_dir) / BRIDGE_DIR
 
 
+def base_checkpoint(cfg: Config) -> Path:
+    """Where `training.init_from` goes as a Bridge checkpoint (`checkpoint.pretrained_checkpoint`)."""
+    return bridge_dir(cfg) / "init_from"
+
+
 def latest_checkpoint(root: str | Path) -> Path:
     """The newest complete Bridge checkpoint (`iter_NNNNNNN/` with its metadata) under `root`."""
     found = [p for p in Path(root).glob("iter_*") if _ITER.fullmatch(p.name) and (p / "metadata.json").is_file()]
@@ -42,6 +47,8 @@ def latest_checkpoint(root: str | Path) -> Path:
 def export_bridge_checkpoint(cfg: Config, checkpoint: Optional[str | Path] = None,
                              out_dir: Optional[str | Path] = None) -> Path:
     """Export a Bridge M-step checkpoint of `cfg` (default: the newest) to `training.out_dir/hf`."""
+    from megatron.core import dist_checkpointing
+
     from nemo_latent_thoughts.model.convert import export_hf
     from nemo_latent_thoughts.model.megatron import load_dist_checkpoint
     from nemo_latent_thoughts.model.presets import preset_shape
@@ -50,8 +57,6 @@ def export_bridge_checkpoint(cfg: Config, checkpoint: Optional[str | Path] = Non
     checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(bridge_dir(cfg) / "checkpoints")
     if not (checkpoint / "metadata.json").is_file():
         raise NLTError(f"'{checkpoint}' is not a torch_dist checkpoint (no metadata.json); pass an iter_NNNNNNN directory")
-    from megatron.core import dist_checkpointing
-
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     # The vocabulary as Bridge padded it (a multiple of make_vocab_size_divisible_by x TP size).
     embedding = dist_checkpointing.load_tensors_metadata(str(checkpoint))["embedding.word_embeddings.weight"]
@@ -86,7 +91,7 @@ def import_base(cfg: Config) -> Path:
     """The Bridge checkpoint of `training.init_from` (`bridge/init_from`, converted once)."""
     from megatron.bridge import AutoBridge
 
-    out = bridge_dir(cfg) / "init_from"
+    out = base_checkpoint(cfg)
     if not any(out.glob("iter_*")):
         hf = grown_base(cfg)
         log.info("mstep-bridge: converting %s to a Bridge checkpoint in %s", hf, out)

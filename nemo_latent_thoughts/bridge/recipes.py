@@ -20,7 +20,7 @@ from megatron.bridge.recipes.common import _pretrain_common
 from megatron.bridge.recipes.utils.optimizer_utils import distributed_fused_adam_with_cosine_annealing
 from megatron.bridge.training.config import ConfigContainer
 
-from nemo_latent_thoughts.bridge.checkpoint import bridge_dir
+from nemo_latent_thoughts.bridge.checkpoint import base_checkpoint, bridge_dir
 from nemo_latent_thoughts.bridge.provider import LatentThoughtsDatasetProvider
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.errors import NLTError
@@ -111,8 +111,13 @@ def recipe(name: str) -> ConfigContainer:
     return fn()
 
 
+def _quote(value) -> str:
+    """`value` as a quoted Hydra override string (any path: commas, quotes, spaces)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _quoted(values) -> str:
-    return "[" + ",".join("'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values) + "]"
+    return "[" + ",".join(map(_quote, values)) + "]"
 
 
 def round_overrides(cfg: Config) -> list[str]:
@@ -120,6 +125,7 @@ def round_overrides(cfg: Config) -> list[str]:
     t = cfg.training
     steps = train_steps(cfg)
     out = bridge_dir(cfg)
+    checkpoints = _quote(out / "checkpoints")
     valid = bool(t.valid_data)
     return [
         f"dataset.train_paths={_quoted(d.path for d in t.train_data)}",
@@ -128,8 +134,7 @@ def round_overrides(cfg: Config) -> list[str]:
         f"dataset.valid_weights=[{','.join(str(float(d.weight)) for d in t.valid_data)}]",
         f"dataset.seq_length={t.seq_length}", f"model.seq_length={t.seq_length}",
         f"dataset.random_seed={cfg.seed}", f"rng.seed={cfg.seed}",
-        f"dataset.tokenizer_path={_quoted([cfg.tokenizer.path])[1:-1]}",
-        f"tokenizer.tokenizer_model={_quoted([cfg.tokenizer.path])[1:-1]}",
+        f"dataset.tokenizer_path={_quote(cfg.tokenizer.path)}", f"tokenizer.tokenizer_model={_quote(cfg.tokenizer.path)}",
         f"model.make_vocab_size_divisible_by={cfg.model.make_vocab_size_divisible_by}",
         f"train.train_iters={steps}", f"train.micro_batch_size={t.micro_batch_size}",
         f"train.global_batch_size={t.global_batch_size}",
@@ -139,12 +144,10 @@ def round_overrides(cfg: Config) -> list[str]:
         f"optimizer.clip_grad={t.grad_clip}", f"scheduler.lr_warmup_iters={t.warmup_steps}",
         f"validation.eval_interval={min(t.eval_every, steps) if valid else 'null'}",
         f"validation.eval_iters={t.eval_batches if valid else 0}",
-        f"logger.log_interval={t.log_every}", f"logger.tensorboard_dir={_quoted([out / 'tb_logs'])[1:-1]}",
-        f"checkpoint.save={_quoted([out / 'checkpoints'])[1:-1]}",
-        f"checkpoint.load={_quoted([out / 'checkpoints'])[1:-1]}",
+        f"logger.log_interval={t.log_every}", f"logger.tensorboard_dir={_quote(out / 'tb_logs')}",
+        f"checkpoint.save={checkpoints}", f"checkpoint.load={checkpoints}",
         f"checkpoint.save_interval={t.save_every}", f"checkpoint.most_recent_k={t.keep_last}",
-        "checkpoint.pretrained_checkpoint="
-        + (_quoted([out / 'init_from'])[1:-1] if t.init_from is not None else "null"),
+        f"checkpoint.pretrained_checkpoint={_quote(base_checkpoint(cfg)) if t.init_from is not None else 'null'}",
     ]
 
 
