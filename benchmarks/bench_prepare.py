@@ -44,8 +44,8 @@ def _init(tokenizer_dir: str) -> None:
 
 def _split(line: str) -> str:
     text = json.loads(line)["text"]
-    starts = [0] + sentence_ends(text)[:-1]
-    return json.dumps({"text": [text[a:b] for a, b in zip(starts, sentence_ends(text))]})
+    ends = list(sentence_ends(text))
+    return json.dumps({"text": [text[a:b] for a, b in zip([0] + ends[:-1], ends)]})
 
 
 def _encode(line: str):

@@ -123,6 +123,22 @@ def generate_skills_corpus(cfg: SyntheticConfig, exclude: set[tuple] = frozenset
     return docs
 
 
+_WORDS = ("the a of and to in is that it for on was with as by at from this which or be are has an "
+          "river city model paper data result method system water light energy market study group "
+          "found shows uses made gives takes seems reads moves grows keeps Dr. Mr. e.g. U.S. 3.5").split()
+
+
+def english_document(num_chars: int, seed: int = 0) -> str:
+    """One paragraph of plain English-like sentences (some abbreviations), `num_chars` long."""
+    rng = random.Random(f"english:{seed}")
+    sentences = [" ".join(rng.choices(_WORDS, k=rng.randint(4, 30))).capitalize() + rng.choice(".!?.")
+                 for _ in range(2000)]
+    text = " ".join(rng.choices(sentences, k=num_chars // 80 + 1))
+    while len(text) < num_chars:
+        text += " " + text
+    return text[:num_chars]
+
+
 def problem_keys(text: str) -> set[tuple]:
     """`(bindings, expression)` of every problem stated in `text` (a binding sentence, then its result)."""
     return {(tuple(_BINDING.findall(m.group(1))), m.group(2).strip()) for m in _PROBLEM.finditer(text)}

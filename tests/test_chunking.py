@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from nemo_latent_thoughts.data.chunking import chunk_text, sentence_ends
+from nemo_latent_thoughts.data.chunking import WINDOW, chunk_text, sentence_ends
 
 
 @pytest.mark.parametrize("text", [
@@ -23,7 +23,7 @@ def test_chunks_concatenate_back_exactly(text):
 
 def test_chunk_sizes_follow_one_plus_poisson_capped():
     text = " ".join(f"Sentence number {i}." for i in range(20000))
-    assert len(sentence_ends(text)) == 20000
+    assert len(list(sentence_ends(text))) == 20000
     chunks = chunk_text(text, seed=0, mean_sentences=7.0, max_sentences=20)
     sizes = [c.count(".") for c in chunks]
     assert min(sizes) >= 1 and max(sizes) <= 20
@@ -45,3 +45,32 @@ def test_huge_document_round_trips():
     text = ("Let a = 3 and b = 4. Then a*b = 12. " * 2000 + "\n") * 40  # ~2.9 MB, 160k sentences
     chunks = chunk_text(text, seed=1)
     assert "".join(chunks) == text and len(chunks) > 15000
+
+
+def test_windows_find_the_sentences_punkt_finds_in_the_whole_paragraph():
+    words = ('the a of Dr. Mr. e.g. i.e. U.S. cat dog 3.5 1. (see) "quoted." \'yes.\' Ok! why? no... A. B. '
+             '-- end.) [x.]').split()
+    rng = random.Random(0)
+    compared = 0
+    for _ in range(300):
+        text = " ".join(rng.choice(words) + rng.choice(["", "", ".", "!", "?", '."', ".)"])
+                        for _ in range(rng.randint(1, 400)))
+        whole = list(sentence_ends(text, window=10**9))
+        longest = max(b - a for a, b in zip([0] + whole, whole))
+        for window in (50, 200, 1000):
+            if window > 2 * longest + 20:  # no sentence longer than half a window: no cut either
+                compared += 1
+                assert list(sentence_ends(text, window=window)) == whole, (window, text)
+    assert compared > 500
+
+
+@pytest.mark.parametrize("text", [
+    " ".join(["word"] * 100_000),      # no sentence end at all
+    "x" * 300_000,                     # no whitespace either
+    "Short one. " + "y" * 150_000 + " then words without end " * 5000,
+])
+def test_text_without_sentence_ends_is_cut_into_window_sized_sentences(text):
+    ends = list(sentence_ends(text))
+    assert max(len(text[a:b].strip()) for a, b in zip([0] + ends, ends)) <= WINDOW
+    chunks = chunk_text(text, seed=0, mean_sentences=0.0)
+    assert "".join(chunks) == text and len(chunks) == len(ends)

@@ -71,3 +71,13 @@ def test_kill_9_mid_prepare_then_resume_gives_identical_shards(tmp_path, tokeniz
     prepare(cfg)
     assert shard_bytes(chunks_dir) == shard_bytes(reference)
     assert not list(chunks_dir.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("megabytes", [50, pytest.param(500, marks=pytest.mark.slow)])
+def test_a_single_huge_document_prepares(tmp_path, tokenizer_dir, megabytes):
+    """One paragraph of plain English sentences: nltk's regex time limit used to fail it after 7 s."""
+    text = testing.english_document(megabytes * 1_000_000, seed=megabytes)
+    out = prepare(make_run(tmp_path, [{"id": "huge", "text": text}], tokenizer_dir))
+    [chunks] = list(read_chunks(out))
+    assert "".join(c["text"] for c in chunks) == text
+    assert 6 * len(chunks) < text.count(".") + text.count("!") + text.count("?") < 12 * len(chunks)
