@@ -42,7 +42,7 @@ def _cmd_config(args, cfg) -> None:
 def _cmd_em_run(args, cfg) -> None:
     from nemo_latent_thoughts.em.driver import run_em
 
-    run_em(cfg, until=args.until)
+    run_em(cfg, until=args.until, allow_config_change=args.allow_config_change)
 
 
 def _cmd_em_status(args, cfg) -> None:
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     em_run = _add(em_sub, "run", _cmd_em_run, "warm start, E-steps, M-steps, baselines, eval and report; "
                   "resumable (em.*)", config_required=False)
     em_run.add_argument("--until", metavar="STAGE", help="stop after this stage, e.g. 'round 0 data'")
+    em_run.add_argument("--allow-config-change", action="store_true",
+                        help="continue a run directory made under another config (finished stages keep their "
+                             "results); without it a change is refused, except speed-only keys")
     for name, func, help in (("status", _cmd_em_status, "what is done, running and pending in RUN_DIR"),
                              ("report", _cmd_report, "rebuild RUN_DIR/report.md and report.png")):
         p = (em_sub if name == "status" else sub).add_parser(name, help=help, description=help)

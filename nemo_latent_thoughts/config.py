@@ -23,6 +23,13 @@ from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.errors import NLTError
 
 RESOLVED_CONFIG_NAME = "config.yaml"
+SPEED_ONLY_KEYS = frozenset({
+    "data.workers", "estep.batch_size", "estep.score_batch_size", "estep.chunks_per_part", "eval.batch_size",
+    "training.log_every", "training.save_every", "training.keep_last", "teacher.concurrency", "teacher.timeout_s",
+    "teacher.max_retries", "teacher.backoff_s", "teacher.max_backoff_s", "teacher.api_key_env",
+    "teacher.price_prompt_per_mtok", "teacher.price_completion_per_mtok", "teacher.batch_discount",
+})
+"""Keys that change only speed, logging or cost accounting, never a result: a rerun may change them."""
 
 T = TypeVar("T")
 
@@ -539,6 +546,25 @@ def save_config(cfg: Any, directory: str | Path) -> Path:
     """Write the resolved config as `config.yaml` in `directory` (atomically) and return its path."""
     out = Path(directory) / RESOLVED_CONFIG_NAME
     fileio.write_text(out, to_yaml(cfg))
+    return out
+
+
+def changed_keys(saved: str | Path, cfg: Any) -> list[str]:
+    """The dotted keys whose values in `cfg` differ from the config saved at `saved`, minus SPEED_ONLY_KEYS."""
+    try:
+        old = _flat(OmegaConf.to_container(OmegaConf.load(saved)))
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise NLTError(f"{saved}: unreadable saved config ({_first_line(e)}); restore or remove it") from None
+    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SPEED_ONLY_KEYS)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of a nested dict (a list is one value)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(value, name + ".") if isinstance(value, dict) and value else {name: value})
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nemo_latent_thoughts import config as config_lib
-from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts import fileio, locks
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.prepare import MANIFEST, chunks_manifest
 from nemo_latent_thoughts.errors import NLTError
@@ -129,9 +129,15 @@ class EStep:
         return self.out
 
     def _run_shard(self, index: int) -> None:
+        """Sample shard `index`, holding its own lock (array tasks of one E-step lock only their shards)."""
         out = self.out / shard_output_name(index)
-        if out.exists():
-            return
+        with locks.exclusive(self.out, f".lock-{out.stem}", what=f"nlt estep {out.stem}"):
+            if not out.exists():
+                fileio.clean_temps(self.out, out.name)  # what a killed run of this shard left
+                fileio.clean_temps(self.out / ".parts" / out.stem)
+                self._sample_shard(index, out)
+
+    def _sample_shard(self, index: int, out: Path) -> None:
         records = read_chunk_shard(self.chunk_shards[index])
         inputs = chunk_inputs(records, encode_raw(self.tokenizer, [r["text"] for r in records]))
         parts = self.out / ".parts" / out.stem

@@ -1,14 +1,17 @@
 """The EM driver: a tiny whole run, its layout and recipes, status, report, kill -9 and resume."""
 
 import json
-import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import kill_9_when
 
+from nemo_latent_thoughts import locks
 from nemo_latent_thoughts.cli import main
 from nemo_latent_thoughts.config import load_config
 from nemo_latent_thoughts.em.driver import HELD_OUT_SEED, status
@@ -18,16 +21,18 @@ TINY = ["synthetic.num_docs=10", "tokenizer.vocab_size=320", "training.max_steps
         "training.save_every=2", "estep.max_new_tokens=8", "estep.num_samples=2", "em.synthetic_eval_examples=4",
         "eval.seeds=[0,1]", "eval.max_new_tokens=8", "eval.elbo_chunks=2", "eval.max_prompt_tokens=96"]
 # Files whose content records wall time or speed; everything else must come out byte-identical.
-TIMED = {"timings.json", "report.md", "metrics.jsonl", "done.json", "report.png", "em.pid"}
+TIMED = {"timings.json", "report.md", "metrics.jsonl", "done.json", "report.png"}
 
 
 def artefacts(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run except timed ones, checkpoints and temporaries of killed writes."""
+    """Every file of a run except timed ones, checkpoints, lock files (their text names the holder) and
+    temporaries of killed writes."""
     out = {}
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
         stale = any(part.startswith(".tmp-") for part in rel.parts)  # what a killed atomic write left
-        if path.is_file() and path.name not in TIMED and "checkpoints" not in rel.parts and not stale:
+        if (path.is_file() and path.name not in TIMED and not path.name.startswith(".lock")
+                and "checkpoints" not in rel.parts and not stale):
             out[str(rel)] = path.read_bytes()
     return out
 
@@ -93,8 +98,9 @@ def test_status_shows_done_running_and_pending(tmp_path, capsys, monkeypatch):
     rows = dict(status(run))
     assert rows["prepare"] == rows["round 0 data"] == "done"
     assert rows["round 0 recipe"] == "pending" and rows["report"] == "pending"
-    (run / "em.pid").write_text(str(os.getpid()))  # a live driver
-    assert dict(status(run))["round 0 recipe"] == "running"
+    with locks.exclusive(run):  # a live driver
+        assert dict(status(run))["round 0 recipe"] == "running"
+    assert dict(status(run))["round 0 recipe"] == "pending"
     assert main(["em", "status", str(tmp_path)]) == 2
     assert "not an EM run directory" in capsys.readouterr().err
     assert main(["em", "run", f"run_dir={run}", *TINY, "--until", "no such stage"]) == 2
@@ -240,3 +246,33 @@ def test_a_separate_warm_start_corpus_is_round_0s_alone(tmp_path):
     assert main(["em", "run", f"run_dir={only_warm}", *TINY, *warm, "em.num_rounds=0"]) == 0
     assert load_config(only_warm / "baselines" / "raw_tokens" / "recipe.yaml").training.train_data[0].path == str(
         only_warm / "warmstart" / "raw" / "data" / "train")
+
+
+def test_a_second_driver_on_a_live_run_dir_is_refused_at_once(tmp_path, capsys):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nemo_latent_thoughts import locks\n"
+                               f"with locks.exclusive({str(run)!r}, what='nlt em run'):\n"
+                               "    print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["em", "run", f"run_dir={run}", *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"held by PID {holder.pid} on {socket.gethostname()} (nlt em run)" in err and err.count("\n") == 1
+        assert not (run / "config.yaml").exists()  # refused before writing anything
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait()
+    assert main(["em", "run", f"run_dir={run}", *TINY, "--until", "prepare"]) == 0
+
+
+def test_a_changed_recipe_is_refused_naming_the_keys_unless_allowed(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["em", "run", f"run_dir={run}", *TINY]
+    assert main([*args, "--until", "prepare"]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert main([*args, "training.lr=1e-3", "estep.num_samples=3", "--until", "prepare"]) == 2
+    assert "estep.num_samples, training.lr differ" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved
+    assert main([*args, "estep.batch_size=7", "data.workers=2", "--until", "prepare"]) == 0  # speed only
+    assert main([*args, "training.lr=1e-3", "--until", "prepare", "--allow-config-change"]) == 0
+    assert "lr: 0.001" in (run / "config.yaml").read_text()

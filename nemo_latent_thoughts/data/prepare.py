@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from nemo_latent_thoughts import config as config_lib
-from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts import fileio, locks
 from nemo_latent_thoughts.config import Config, DataConfig
 from nemo_latent_thoughts.data.chunking import chunk_text
 from nemo_latent_thoughts.data.corpus import CorpusReader, Document, corpus_files
@@ -48,8 +48,13 @@ def chunk_records(doc: Document, cfg: DataConfig, seed: int) -> list[dict]:
 
 def prepare(cfg: Config) -> Path:
     """Chunk the corpus of `cfg.data` into `cfg.data.chunks_dir`; return that directory."""
+    out = Path(cfg.data.chunks_dir)
+    with locks.exclusive(out, what="nlt prepare"):
+        return _prepare(cfg, out)
+
+
+def _prepare(cfg: Config, out: Path) -> Path:
     data = cfg.data
-    out = Path(data.chunks_dir)
     files = corpus_files(data.corpus)
     plan = {
         "inputs": [{"path": str(p), "sha256": fileio.sha256(p), "bytes": p.stat().st_size} for p in files],

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nemo_latent_thoughts import config as config_lib
-from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts import fileio, locks
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.prepare import MANIFEST, chunks_manifest, read_chunks
 from nemo_latent_thoughts.errors import NLTError
@@ -87,8 +87,13 @@ class _SplitWriter:
 
 def write_dataset(cfg: Config) -> Path:
     """Write `cfg.write.out_dir` from `cfg.data.chunks_dir` and the latent files; return it."""
+    out = Path(cfg.write.out_dir)
+    with locks.exclusive(out.parent, f".lock-{out.name}", what="nlt write"):  # `out` is renamed into place whole
+        return _write_dataset(cfg, out)
+
+
+def _write_dataset(cfg: Config, out: Path) -> Path:
     w = cfg.write
-    out = Path(w.out_dir)
     chunks_dir = Path(cfg.data.chunks_dir)
     latent_files = _latent_files(w.latents)
     inputs = {

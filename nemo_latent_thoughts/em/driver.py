@@ -3,22 +3,21 @@
 Each stage writes atomically and marks itself done last, so the run can be killed at any point and
 `nlt em run` continues where it stopped. Round 0 trains on the teacher's warm-start latents; round
 r >= 1 samples latents for the whole corpus with round r-1's model, then trains from the base model
-again on them. Baselines train on the raw data by the same recipe. `run_dir/em.pid` marks a
-running driver (for `nlt em status`); `run_dir/timings.json` sums each stage's wall time.
+again on them. Baselines train on the raw data by the same recipe. The driver holds `run_dir/.lock`
+(one driver per run; `nlt em status` reads it); `run_dir/timings.json` sums each stage's wall time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from nemo_latent_thoughts import config as config_lib
-from nemo_latent_thoughts import fileio, testing
+from nemo_latent_thoughts import fileio, locks, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.em.base import base_model, pretrain_base, write_synthetic_base_corpus
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
@@ -27,7 +26,7 @@ from nemo_latent_thoughts.errors import NLTError
 
 log = logging.getLogger(__name__)
 
-PID, TIMINGS = "em.pid", "timings.json"
+TIMINGS = "timings.json"
 HELD_OUT_SEED = 1_000_003  # synthetic eval data uses synthetic.seed + this (+1, +2): never the corpus's seed
 WARMSTART_SEED = 3_000_017  # a generated warm-start corpus uses synthetic.seed + this
 
@@ -140,43 +139,53 @@ class _WaitForCluster(Exception):
         self.recipe = recipe
 
 
-def run_em(cfg: Config, until: Optional[str] = None) -> Path:
-    """Run (or continue) the EM run of `cfg`, up to and including stage `until`; returns its directory."""
+def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool = False) -> Path:
+    """Run (or continue) the EM run of `cfg`, up to and including stage `until`; returns its directory.
+
+    A run directory made under another config is refused (its keys named) unless
+    `allow_config_change`: finished stages keep the results of the config they were made with.
+    """
     run = Path(cfg.run_dir)
-    saved = run / "config.yaml"
-    if saved.exists() and saved.read_text() != config_lib.to_yaml(cfg):
-        log.warning("em: %s differs from this run's config; finished stages keep their results "
-                    "(use a new run_dir for a new experiment)", saved)
-    config_lib.save_config(cfg, run)
-    fileio.write_text(run / PID, str(os.getpid()))
+    with locks.exclusive(run, what="nlt em run"):
+        saved = run / config_lib.RESOLVED_CONFIG_NAME
+        changed = config_lib.changed_keys(saved, cfg) if saved.exists() else []
+        if changed and not allow_config_change:
+            raise NLTError(f"{saved}: this run was made under another config ({', '.join(changed)} differ); "
+                           "use a new run_dir, or pass --allow-config-change to continue it under this one")
+        if changed:
+            log.warning("em: continuing %s under a changed config (%s); finished stages keep their results",
+                        run, ", ".join(changed))
+        locks.remove_stale_temps(run)
+        config_lib.save_config(cfg, run)
+        _run_stages(cfg, run, until)
+    return run
+
+
+def _run_stages(cfg: Config, run: Path, until: Optional[str]) -> None:
     timings_path = run / TIMINGS
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    try:
-        stages = plan(cfg)
-        if until is not None and until not in [s.name for s in stages]:
-            raise NLTError(f"--until '{until}': no such stage; `nlt em status RUN_DIR` lists them")
-        for number, stage in enumerate(stages, 1):
-            if stage.done:
-                continue
-            log.info("em: [%d/%d] %s", number, len(stages), stage.name)
-            began = time.perf_counter()
-            try:
-                run_stage(cfg, stage)
-            except _WaitForCluster as wait:
-                print(f"em: {stage.name}: em.run_mstep is false; train {wait.recipe} on the cluster "
-                      f"(nlt launch mstep {wait.recipe} --cluster CLUSTER.yaml, or nlt mstep-nemo / nlt train), "
-                      "then rerun `nlt em run` to continue")
-                return run
-            timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - began
-            fileio.write_json(timings_path, timings)
-            if not stage.done:
-                raise NLTError(f"em: stage '{stage.name}' ended without writing {stage.marker}")
-            if stage.name == until:
-                return run
-    finally:
-        (run / PID).unlink(missing_ok=True)
+    stages = plan(cfg)
+    if until is not None and until not in [s.name for s in stages]:
+        raise NLTError(f"--until '{until}': no such stage; `nlt em status RUN_DIR` lists them")
+    for number, stage in enumerate(stages, 1):
+        if stage.done:
+            continue
+        log.info("em: [%d/%d] %s", number, len(stages), stage.name)
+        began = time.perf_counter()
+        try:
+            run_stage(cfg, stage)
+        except _WaitForCluster as wait:
+            print(f"em: {stage.name}: em.run_mstep is false; train {wait.recipe} on the cluster "
+                  f"(nlt launch mstep {wait.recipe} --cluster CLUSTER.yaml, or nlt mstep-nemo / nlt train), "
+                  "then rerun `nlt em run` to continue")
+            return
+        timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - began
+        fileio.write_json(timings_path, timings)
+        if not stage.done:
+            raise NLTError(f"em: stage '{stage.name}' ended without writing {stage.marker}")
+        if stage.name == until:
+            return
     print(f"EM run complete: report in {run / 'report.md'}")
-    return run
 
 
 def status(run_dir: str | Path) -> list[tuple[str, str]]:
@@ -185,13 +194,7 @@ def status(run_dir: str | Path) -> list[tuple[str, str]]:
     if not (run / "config.yaml").exists():
         raise NLTError(f"{run}: no config.yaml; not an EM run directory (start one with `nlt em run RECIPE`)")
     cfg = config_lib.load_config(run / "config.yaml", [f"run_dir={run.resolve()}"])
-    alive = False
-    if (run / PID).exists():
-        try:
-            os.kill(int((run / PID).read_text()), 0)
-            alive = True
-        except (ValueError, ProcessLookupError, PermissionError):
-            alive = False
+    alive = locks.holder(run) is not None
     rows, current = [], True
     for stage in plan(cfg):
         if stage.done:

@@ -11,6 +11,7 @@ the end, a Hugging Face export `hf/` and `done.json`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nemo_latent_thoughts import config as config_lib
-from nemo_latent_thoughts import fileio, megatron_cpu
+from nemo_latent_thoughts import fileio, locks, megatron_cpu
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.dataset import build_datasets
 from nemo_latent_thoughts.errors import NLTError
@@ -184,11 +185,19 @@ class Trainer:
         distributed.barrier()
 
     def run(self) -> Path:
-        """Train to the end (resuming if a checkpoint exists); export and mark done."""
+        """Train to the end (resuming if a checkpoint exists); export and mark done.
+
+        The first process holds `out_dir/.lock` throughout: one training run per output directory.
+        """
+        with locks.exclusive(self.out, what="nlt train") if self.rank == 0 else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> Path:
         if (self.out / DONE).exists():
             log.info("train: %s is complete; nothing to do", self.out)
             return self.out
         if self.rank == 0:
+            fileio.clean_temps(self.out)  # what a killed run left here
             config_lib.save_config(self.cfg, self.out)
         start = self._resume()
         tokens_per_step = self.t.global_batch_size * self.t.seq_length
