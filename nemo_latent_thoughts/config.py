@@ -50,8 +50,10 @@ class SyntheticConfig:
     """Most problems in one document."""
     max_operand: int = 50
     """Operands are drawn from 2..max_operand."""
+    min_operations: int = 1
+    """A problem's expression has min_operations..max_operations operations."""
     max_operations: int = 3
-    """A problem's expression has 1..max_operations operations."""
+    """Most operations in a problem's expression."""
     seed: int = 0
     """Seed of the generator: the same seed always gives the same bytes."""
 
@@ -60,7 +62,7 @@ class SyntheticConfig:
         _require(1 <= self.min_problems <= self.max_problems, "min_problems",
                  "must be >= 1 and <= max_problems")
         _require(self.max_operand >= 2, "max_operand", "must be >= 2")
-        _require(self.max_operations >= 1, "max_operations", "must be >= 1")
+        _require(1 <= self.min_operations <= self.max_operations, "min_operations", "must be >= 1 and <= max_operations")
 
 
 @dataclass(kw_only=True)
@@ -608,8 +610,9 @@ def _read_yaml(path: Path):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise NLTError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+        where = f":{mark.line + 1}" if mark else ""
+        problem = str(getattr(e, "problem", None) or e).strip().splitlines()[0]
+        raise NLTError(f"{path}{where}: invalid YAML ({problem}); fix the syntax") from None
     except UnicodeDecodeError:
         raise NLTError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
     if data is None:

@@ -59,11 +59,11 @@ class Problem:
 
 
 def random_problem(rng: random.Random, cfg: SyntheticConfig) -> Problem:
-    """A problem with 2-3 variables and 1..cfg.max_operations operations."""
+    """A problem with 2-3 variables and cfg.min_operations..cfg.max_operations operations."""
     names = rng.sample(_VARIABLES, rng.randint(2, 3))
     values = {n: rng.randint(2, cfg.max_operand) for n in names}
     node: ast.expr = ast.Name(names[0])
-    for i in range(rng.randint(1, cfg.max_operations)):
+    for i in range(rng.randint(cfg.min_operations, cfg.max_operations)):
         leaf = ast.Name(names[(i + 1) % len(names)])
         op = rng.choice([ast.Add, ast.Sub, ast.Mult])()
         node = ast.BinOp(node, op, leaf) if rng.random() < 0.6 else ast.BinOp(leaf, op, node)

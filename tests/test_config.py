@@ -39,7 +39,7 @@ def test_no_file_gives_the_embedded_defaults_resolved():
     ("synthetic: 3\n", "recipe.yaml: "),
     ("synthetic:\n  num_docs: 0\n", "recipe.yaml: synthetic.num_docs: must be >= 1"),
     ("model:\n  preset: huge\n", "recipe.yaml: model.preset: unknown preset 'huge'"),
-    ("a: [1,\n", "recipe.yaml: line 2: invalid YAML"),
+    ("a: [1,\n", "recipe.yaml:2: invalid YAML"),
     ("- 1\n- 2\n", "the top level must be a mapping"),
 ])
 def test_file_errors_are_one_line_naming_file_and_key(tmp_path, text, expected):

@@ -2,9 +2,11 @@
 # First probes of the BoLT protocol (issue 16), claim 1 only, seed 1: which levers move the warm-start
 # model against the raw baselines. Each line is one `run.py --protocol bolt` run (about 2-3 min on 2
 # idle cores, bases cached); RESULTS.md ("BoLT protocol: first probes") tabulates their results.json.
-# Usage: bash examples/toy_claims/probes_bolt.sh [OUT=runs/probes_bolt] [BATCH=1|2]
+# Usage: bash examples/toy_claims/probes_bolt.sh [OUT=runs/probes_bolt] [BATCH=1|2|3]
 # Batch 1 (session 4): base strength, warm-start size, passes. Batch 2 (session 5): the skills base
 # (the task's parts, never composed) with scarcer warm-start data, more passes, and 3-operation problems.
+# Batch 3: the skills base on problems that all take two operations (1-operation problems are solved
+# directly as well by a raw model; batch 2's gains were all on two-operation problems).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-runs/probes_bolt}
@@ -35,4 +37,11 @@ probe skills_warm200_16passes base.style=skills warmstart.synthetic_docs=200 tra
 probe skills_warm200_32passes base.style=skills warmstart.synthetic_docs=200 training.epochs=32
 probe skills_warm400_16passes_ops3 base.style=skills warmstart.synthetic_docs=400 training.epochs=16 synthetic.max_operations=3
 probe skills_warm800_16passes base.style=skills warmstart.synthetic_docs=800 training.epochs=16
+fi
+if [ "$batch" = 3 ]; then
+ops2="synthetic.min_operations=2 synthetic.max_operations=2 base.style=skills"
+probe skills_ops2_warm800_8passes $ops2 warmstart.synthetic_docs=800 training.epochs=8
+probe skills_ops2_warm800_16passes $ops2 warmstart.synthetic_docs=800 training.epochs=16
+probe skills_ops2_warm400_16passes $ops2 warmstart.synthetic_docs=400 training.epochs=16
+probe skills_ops2_warm800_4passes $ops2 warmstart.synthetic_docs=800 training.epochs=4
 fi

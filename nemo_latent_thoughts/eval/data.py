@@ -59,7 +59,7 @@ def _item(record: dict, where: str) -> EvalItem:
 def load_items(path: str | Path, on_bad_record: str = "error") -> tuple[list[EvalItem], list[str]]:
     """The items of one file and the `FILE:LINE: problem` of each skipped record."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
         raise NLTError(f"eval.data: cannot read {path}: {e.strerror}") from None
     items, skipped = [], []
@@ -69,7 +69,7 @@ def load_items(path: str | Path, on_bad_record: str = "error") -> tuple[list[Eva
                 continue
             where = f"{path}:{number}"
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
                 items.append(_item(record, where))
