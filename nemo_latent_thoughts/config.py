@@ -620,7 +620,10 @@ def _read_yaml(path: Path):
     if not isinstance(data, dict):
         raise NLTError(f"{path}: the top level must be a mapping of sections (run_dir, data, ...), "
                        f"not a {type(data).__name__}")
-    return OmegaConf.create(data)
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as e:  # e.g. a key that is not a name (`? ` or `1.5:`)
+        raise NLTError(f"{path}: {_first_line(e)}; every key must be a section or setting name") from None
 
 
 def _merge(base, other, source: str):
