@@ -1,7 +1,7 @@
 """Fuzzing every reader of user or stage files, and the config loader: whatever the bytes, the result
 is either a value or a one-line NLTError, never another exception.
 
-`HYPOTHESIS_PROFILE=ci` (`make test-fuzz`, run by .ci/run) draws 10,000 inputs per reader; the
+`HYPOTHESIS_PROFILE=ci` draws 10,000 inputs per reader (not yet a CI target); the
 default suite draws the same 300 every run (derandomized, so CI is stable).
 """
 
@@ -11,7 +11,6 @@ import string
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
