@@ -49,7 +49,7 @@ def exclusive(directory: str | os.PathLike, name: str = LOCK, what: str = "") ->
 
 
 def holder(directory: str | os.PathLike, name: str = LOCK) -> str | None:
-    """Who holds `directory/name` ("PID 123 on host: command"), or None when nobody does."""
+    """Who holds `directory/name` ("PID 123 on host (command)"), or None when nobody does."""
     path = Path(directory) / name
     try:
         fd = os.open(path, os.O_RDONLY)
