@@ -18,7 +18,7 @@ PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versi
 BRIDGE_VENV ?= .venv-bridge
 BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge gpu-wheels gpu-check venv clean
+.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest gpu-wheels gpu-check venv clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -38,6 +38,32 @@ test: $(TEST_STAMP)
 
 test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest --run-slow -m slow $(PYTEST_ARGS)
+
+# Fault injection at full strength (README, "Reliability"): the fuzzer's 10,000 inputs per reader, a
+# 500 MB single document, 30 kill -9 at random moments of an EM run; the fast ones are in `make test`.
+test-faults: $(TEST_STAMP)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest --run-slow -m faults $(PYTEST_ARGS)
+
+# Dependencies at both ends of their ranges (Python 3.11, the local CPU torch): the newest releases
+# pyproject.toml admits, re-resolved every run, and every core and dev dependency at its floor
+# (constraints/lower_bounds.py), so a new release or a stale floor fails here, not on a user's install.
+NEWEST_VENV ?= .venv-newest
+OLDEST_VENV ?= .venv-oldest
+test-newest:
+	test -x $(NEWEST_VENV)/bin/python || $(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(CONSTRAINTS) -e ".[dev]"
+	$(NEWEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
+	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(transformers|tokenizers|megatron-core|nltk|numpy|omegaconf)=='
+	$(NEWEST_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+test-oldest:
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(PYTHON) constraints/lower_bounds.py > $(OLDEST_VENV)/lower-bounds.txt
+	$(OLDEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c $(OLDEST_VENV)/lower-bounds.txt -e ".[dev]"
+	$(OLDEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
+	$(OLDEST_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # Starts the local two-node test cluster (root, Debian packages; returns at once if it is up).
 test-slurm: $(TEST_STAMP)
@@ -84,4 +110,4 @@ $(TEST_STAMP): $(VENV)/bin/python constraints/test-assets.txt
 	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
 
 clean:
-	rm -rf $(VENV) $(BRIDGE_VENV) runs
+	rm -rf $(VENV) $(BRIDGE_VENV) $(NEWEST_VENV) $(OLDEST_VENV) runs

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.errors import NLTError
 
 def _cmd_config(args, cfg) -> None:
@@ -273,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
         if args.debug:
             raise
+        if fileio.no_space(e):
+            print(f"nlt {args.command}: error: no space left on device"
+                  f"{f' writing {e.filename}' if getattr(e, 'filename', None) else ''}; free space and rerun "
+                  "(finished outputs are kept)", file=sys.stderr)
+            return 2
         print(f"nlt {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for "
               "the traceback)", file=sys.stderr)
         return 1

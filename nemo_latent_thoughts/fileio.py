@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,13 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from nemo_latent_thoughts.errors import NLTError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     Works for files and directories alike. A crash leaves at most a `.tmp-*` sibling, never a
-    half-written `path`.
+    half-written `path`; a full disk is a one-line NLTError naming `path`, its temporary removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +34,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if path.is_dir() and target.is_dir():
             os.replace(path, tmp / ".old")  # a directory cannot be renamed onto a non-empty one
         os.replace(target, path)
+    except Exception as e:
+        if no_space(e):
+            raise NLTError(f"{path}: no space left on device; free space in {path.parent} and rerun "
+                           "(finished outputs are kept)") from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether `e` reports a full disk or quota, raised directly or wrapped by a library."""
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+        sign in str(e) for sign in ("No space left on device", "Disk quota exceeded", "os error 28"))
 
 
 def clean_temps(directory: str | os.PathLike, name: str = "*") -> None:

@@ -1,11 +1,13 @@
 """The EM driver: a tiny whole run, its layout and recipes, status, report, kill -9 and resume."""
 
 import json
+import random
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,40 @@ def test_kill_9_at_several_points_then_rerun_gives_identical_artefacts(tmp_path)
     want = artefacts(run)
     assert sorted(got) == sorted(want)
     assert [name for name in want if got[name] != want[name]] == []
+
+
+def kill_9_after(args: list[str], seconds: float) -> bool:
+    """Run `nlt ARGS` in a subprocess and SIGKILL it after `seconds`; False if it finished first."""
+    with subprocess.Popen([sys.executable, "-m", "nemo_latent_thoughts.cli", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            _, stderr = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return True
+        assert proc.returncode == 0, stderr[-2000:]
+        return False
+
+
+@pytest.mark.parametrize("kills", [5, pytest.param(30, marks=[pytest.mark.slow, pytest.mark.faults])])
+def test_kill_9_at_random_moments_then_rerun_gives_identical_artefacts_and_no_temporaries(tmp_path, kills):
+    run = tmp_path / "run"
+    args = ["em", "run", f"run_dir={run}", *TINY]
+    began = time.perf_counter()
+    assert not kill_9_after(args, 900)  # the uninterrupted run, in the same place (manifests record paths)
+    wall = time.perf_counter() - began
+    want = artefacts(run)
+    shutil.rmtree(run)
+    rng, killed = random.Random(kills), 0
+    while killed < kills and kill_9_after(args, rng.uniform(0, 2 * wall / kills) + 2):  # + ~the start-up time
+        killed += 1
+    assert killed >= kills // 2, f"only {killed} kills landed before the run finished"
+    assert main(args) == 0
+    got = artefacts(run)
+    assert sorted(got) == sorted(want)
+    assert [name for name in want if got[name] != want[name]] == []
+    assert [str(p) for p in run.rglob(".tmp-*")] == []
 
 
 def test_status_shows_done_running_and_pending(tmp_path, capsys, monkeypatch):

@@ -1,8 +1,8 @@
 """Fuzzing every reader of user or stage files, and the config loader: whatever the bytes, the result
 is either a value or a one-line NLTError, never another exception.
 
-`HYPOTHESIS_PROFILE=ci` draws 10,000 inputs per reader (not yet a CI target); the
-default suite draws the same 300 every run (derandomized, so CI is stable).
+The default suite draws the same 300 inputs per reader every run; `make test-faults`
+(`HYPOTHESIS_PROFILE=ci`) draws 10,000. Both are derandomized, so CI is stable.
 """
 
 import json
@@ -11,6 +11,7 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,9 +25,10 @@ from nemo_latent_thoughts.tokens import latent_token_ids
 
 settings.register_profile("default", max_examples=300, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.register_profile("ci", max_examples=10_000, deadline=None,
+settings.register_profile("ci", max_examples=10_000, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+pytestmark = pytest.mark.faults
 
 FIELDS = ["text", "id", "doc_id", "chunk_idx", "num_chunks", "context", "latent", "latent_token_ids", "source",
           "question", "answer", "problem", "solution"]

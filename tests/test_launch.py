@@ -149,8 +149,10 @@ def test_wait_for_a_failed_array_task_is_a_one_line_error(monkeypatch):
 
     rows = {"7_0": "COMPLETED", "7_1": "TIMEOUT", "7_2": "COMPLETED"}
     monkeypatch.setattr(sacct, "wait", lambda job, poll, tasks: rows if tasks == {0, 1, 2} else {})
-    with pytest.raises(NLTError, match=r"estep: job 7: 1 of 3 tasks did not complete \(TIMEOUT\); rerun the same"):
-        slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1)
+    script = "#!/bin/bash\n#SBATCH --output=/jobs/estep/sbatch_estep_%A_%a.out\n"
+    with pytest.raises(NLTError, match=r"estep: job 7: 1 of 3 tasks did not complete \(7_1 TIMEOUT\); logs in "
+                                       r"/jobs/estep; rerun the same"):
+        slurm.wait_for(slurm.Submission("estep", script, "7", "0-2"), 1)
     rows["7_1"] = "COMPLETED"
     assert slurm.wait_for(slurm.Submission("estep", "", "7", "0-2"), 1) == rows
 

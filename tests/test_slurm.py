@@ -1,7 +1,9 @@
 """`nlt launch` on a real Slurm (`make test-slurm` starts the local two-node cluster first)."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,13 +24,58 @@ pytestmark = [pytest.mark.slurm, pytest.mark.nemo]
 CLUSTER = Path(__file__).parent.parent / "examples" / "cluster_local.yaml"
 
 
+def launch_command(job, cfg, directory, *flags) -> list[str]:
+    """`nlt launch JOB` on a recipe written for `cfg`."""
+    recipe = save_config(cfg, directory)
+    return [sys.executable, "-m", "nemo_latent_thoughts.cli", "launch", job, str(recipe), "--cluster", str(CLUSTER),
+            "-C", f"python={sys.executable}", "-C", f"job_dir={directory / 'nemorun_home'}", *flags]
+
+
 def nlt_launch(job, cfg, directory, *flags):
     """Run `nlt launch JOB` on a recipe written for `cfg`; returns (returncode, stdout + stderr)."""
-    recipe = save_config(cfg, directory)
-    out = subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "launch", job, str(recipe), "--cluster",
-                          str(CLUSTER), "-C", f"python={sys.executable}", "-C", f"job_dir={directory / 'nemorun_home'}",
-                          *flags], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900)
+    out = subprocess.run(launch_command(job, cfg, directory, *flags), capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=900)
     return out.returncode, out.stdout + out.stderr
+
+
+def launch_and_wait_while(job, cfg, directory, fault) -> tuple[int, str]:
+    """`nlt launch JOB --wait` with `fault()` run while it waits; returns (returncode, stdout + stderr)."""
+    with subprocess.Popen(launch_command(job, cfg, directory, "--wait"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
+        try:
+            fault()
+            out, _ = proc.communicate(timeout=900)
+        finally:
+            proc.kill()
+    return proc.returncode, out
+
+
+def processes(**env) -> list[int]:
+    """PIDs of `nlt` processes whose environment holds every `env` item (e.g. SLURMD_NODENAME="n2")."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text(
+                errors="replace").split("\0") if "=" in item)
+        except OSError:
+            continue
+        if b"nemo_latent_thoughts.cli" in cmdline and all(environ.get(k) == v for k, v in env.items()):
+            found.append(int(pid))
+    return found
+
+
+def wait_until(condition, timeout: float = 300, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def one_error_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.startswith("nlt launch: error:")]
+    assert len(lines) == 1, out[-3000:]
+    return lines[0]
 
 
 def small_estep(written_run, trained_model, out):
@@ -93,4 +140,78 @@ def test_two_node_job_trains_data_parallel_like_one_process(written_run, tmp_pat
     for a, b in zip(metrics(single), metrics(two)):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     ours, theirs = final_weights(two), final_weights(single)
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
+
+
+def test_an_estep_task_that_fails_twice_is_reported_each_time_and_a_relaunch_finishes(reference, written_run,
+                                                                                    trained_model, tmp_path):
+    cfg = small_estep(written_run, trained_model, tmp_path / "estep")
+
+    def crash_task_1():  # the process of array task 1 dies (kill -9), as a crash or the OOM killer would do it
+        wait_until(lambda: processes(SLURM_ARRAY_TASK_ID="1", SLURM_STEP_ID="0"), what="array task 1")
+        for pid in processes(SLURM_ARRAY_TASK_ID="1", SLURM_STEP_ID="0"):
+            os.kill(pid, signal.SIGKILL)
+
+    for attempt, array in enumerate(["0-3", "1"]):
+        rc, out = launch_and_wait_while("estep", cfg, tmp_path, crash_task_1)
+        job = re.search(rf"submitted job (\d+) \(array {array}\)", out).group(1)
+        line = one_error_line(out)
+        assert rc == 2 and f"estep: job {job}: 1 of {4 if attempt == 0 else 1} tasks did not complete ({job}_1 " in line
+        assert "logs in /" in line and "rerun the same `nlt launch` to resume" in line
+        assert slurm_unfinished(cfg) == [1]
+    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
+    assert rc == 0 and "(array 1)" in out, out[-3000:]
+    assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)
+
+
+def slurm_unfinished(cfg) -> list[int]:
+    from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
+
+    return unfinished_estep_tasks(cfg, 4)
+
+
+def slurmstepd_of(pid: int) -> int:
+    """The slurmstepd that started process `pid` (its nearest such ancestor)."""
+    while Path(f"/proc/{pid}/comm").read_text().strip() != "slurmstepd":
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert pid > 1, "no slurmstepd above the rank"
+    return pid
+
+
+def node_is(name: str, *states: str) -> bool:
+    out = subprocess.run(["sinfo", "-h", "-n", name, "-o", "%T"], capture_output=True, text=True).stdout.split()
+    return bool(out) and all(state.rstrip("*~#") in states for state in out)
+
+
+def test_a_node_lost_during_a_two_node_mstep_is_reported_and_a_relaunch_resumes_from_the_checkpoint(written_run,
+                                                                                                   tmp_path):
+    from nemo_latent_thoughts.train import checkpoint
+
+    cfg = training_cfg(written_run, tmp_path / "two", max_steps=400, save_every=20, keep_last=100)
+    out_dir = Path(cfg.training.out_dir)
+    slurmd_pid = int(Path("/run/slurmd.n2.pid").read_text())
+
+    def lose_node_2():  # n2's slurmd, its job step daemon and its rank die at once, as when a node fails
+        wait_until(lambda: checkpoint.list_checkpoints(out_dir / "checkpoints"), what="the first checkpoint")
+        ranks = processes(SLURMD_NODENAME="n2")
+        for pid in [slurmd_pid, *{slurmstepd_of(pid) for pid in ranks}, *ranks]:
+            os.kill(pid, signal.SIGKILL)
+
+    try:
+        rc, out = launch_and_wait_while("mstep", cfg, tmp_path, lose_node_2)
+        job = re.search(r"submitted job (\d+)", out).group(1)
+        line = one_error_line(out)
+        assert rc == 2 and f"mstep: job {job}: 1 of 1 tasks did not complete ({job} " in line, line
+        assert not (out_dir / "done.json").exists()
+    finally:  # the node comes back (ReturnToService=2 returns it once its slurmd registers)
+        subprocess.run(["slurmd", "-N", "n2"], check=True)
+        wait_until(lambda: node_is("n2", "idle"), timeout=120, what="node n2 to return")
+    kept = {p.name: p.stat().st_mtime_ns for _, p in checkpoint.list_checkpoints(out_dir / "checkpoints")}
+    assert kept and len(kept) < 20
+    rc, out = nlt_launch("mstep", cfg, tmp_path, "--wait")
+    assert rc == 0, out[-3000:]
+    assert json.loads((out_dir / "done.json").read_text())["world_size"] == 2
+    assert {n: (out_dir / "checkpoints" / n).stat().st_mtime_ns for n in kept} == kept  # resumed, not redone
+    single = train(training_cfg(written_run, tmp_path / "one", max_steps=400, save_every=400))
+    ours, theirs = final_weights(out_dir), final_weights(single)
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)

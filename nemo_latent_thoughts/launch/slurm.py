@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,12 @@ class Submission:
     script: str
     job_id: Optional[str] = None
     array: Optional[str] = None
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        """Where the job's logs go (the folder of the script's `#SBATCH --output`)."""
+        found = re.search(r"^#SBATCH --output=(\S+)", self.script, re.MULTILINE)
+        return str(Path(found.group(1)).parent) if found else None
 
 
 def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[str] = None):
@@ -122,11 +129,11 @@ def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
 def wait_for(sub: Submission, poll_seconds: float) -> dict[str, str]:
     """Wait until the job (every array task) has ended; a one-line error unless all COMPLETED."""
     rows = sacct.wait(sub.job_id, poll_seconds, tasks=sacct.array_tasks(sub.array) if sub.array else None)
-    failed = sorted({state for state in rows.values() if state != "COMPLETED"})
+    failed = {job: state for job, state in sorted(rows.items()) if state != "COMPLETED"}
     if failed:
-        bad = sum(state != "COMPLETED" for state in rows.values())
-        raise NLTError(f"{sub.name}: job {sub.job_id}: {bad} of {len(rows)} tasks did not complete "
-                       f"({', '.join(failed)}); rerun the same `nlt launch` to resume")
+        raise NLTError(f"{sub.name}: job {sub.job_id}: {len(failed)} of {len(rows)} tasks did not complete "
+                       f"({', '.join(f'{job} {state}' for job, state in failed.items())}); logs in {sub.log_dir}; "
+                       "rerun the same `nlt launch` to resume")
     return rows
 
 

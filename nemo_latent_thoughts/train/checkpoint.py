@@ -36,12 +36,41 @@ def save(root: Path, step: int, model_state: dict, optimizer_state: dict, traine
     fileio.clean_temps(root)
     with fileio.atomic_path(checkpoint_dir(root, step)) as tmp:
         tmp.mkdir()
-        torch.save(model_state, tmp / "model.pt")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(trainer_state, tmp / "trainer.pt")
+        for name, state in (("model.pt", model_state), ("optimizer.pt", optimizer_state),
+                            ("trainer.pt", trainer_state)):
+            _torch_save(state, tmp / name)
     for _, old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old)
     return checkpoint_dir(root, step)
+
+
+class _WriteRecorder:
+    """The file torch.save writes through: keeps the OSError (a full disk) that torch reports only as
+    "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.name, self.error = f, f.name, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError as e:
+            if recorder.error is None:
+                raise
+            raise recorder.error from e
 
 
 def load(path: Path) -> tuple[dict, dict, dict]:
