@@ -51,7 +51,8 @@ def launch_and_wait_while(job, cfg, directory, fault) -> tuple[int, str]:
 
 
 def processes(**env) -> list[int]:
-    """PIDs of `nlt` processes whose environment holds every `env` item (e.g. SLURMD_NODENAME="n2")."""
+    """PIDs of `python -m nemo_latent_thoughts.cli` processes (not the `srun` that starts them) whose
+    environment holds every `env` item (e.g. SLURMD_NODENAME="n2")."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -60,7 +61,9 @@ def processes(**env) -> list[int]:
                 errors="replace").split("\0") if "=" in item)
         except OSError:
             continue
-        if b"nemo_latent_thoughts.cli" in cmdline and all(environ.get(k) == v for k, v in env.items()):
+        argv = cmdline.split(b"\0")
+        if (Path(argv[0].decode(errors="replace")).name.startswith("python") and b"nemo_latent_thoughts.cli" in argv
+                and all(environ.get(k) == v for k, v in env.items())):
             found.append(int(pid))
     return found
 
@@ -148,8 +151,8 @@ def test_an_estep_task_that_fails_twice_is_reported_each_time_and_a_relaunch_fin
     cfg = small_estep(written_run, trained_model, tmp_path / "estep")
 
     def crash_task_1():  # the process of array task 1 dies (kill -9), as a crash or the OOM killer would do it
-        wait_until(lambda: processes(SLURM_ARRAY_TASK_ID="1", SLURM_STEP_ID="0"), what="array task 1")
-        for pid in processes(SLURM_ARRAY_TASK_ID="1", SLURM_STEP_ID="0"):
+        wait_until(lambda: processes(SLURM_ARRAY_TASK_ID="1"), what="array task 1")
+        for pid in processes(SLURM_ARRAY_TASK_ID="1"):
             os.kill(pid, signal.SIGKILL)
 
     for attempt, array in enumerate(["0-3", "1"]):
