@@ -41,12 +41,15 @@ test-slow: $(TEST_STAMP)
 
 # Fault injection at full strength (README, "Reliability"): the fuzzer's 10,000 inputs per reader, a
 # 500 MB single document, 30 kill -9 at random moments of an EM run; the fast ones are in `make test`.
+# Two workers each (pytest-xdist): about 4 + 3 min on 2 cores.
 test-faults: $(TEST_STAMP)
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest --run-slow -m faults $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n 2 tests/test_fuzz.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --run-slow -m "slow and faults" $(PYTEST_ARGS)
 
 # Dependencies at both ends of their ranges (Python 3.11, the local CPU torch): the newest releases
 # pyproject.toml admits, re-resolved every run, and every core and dev dependency at its floor
 # (constraints/lower_bounds.py), so a new release or a stale floor fails here, not on a user's install.
+# Fault-injection tests (our code, not the dependencies') run in `make test` and `make test-faults` only.
 NEWEST_VENV ?= .venv-newest
 OLDEST_VENV ?= .venv-oldest
 test-newest:
@@ -54,7 +57,7 @@ test-newest:
 	$(NEWEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(CONSTRAINTS) -e ".[dev]"
 	$(NEWEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(transformers|tokenizers|megatron-core|nltk|numpy|omegaconf)=='
-	$(NEWEST_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(NEWEST_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-oldest:
@@ -62,7 +65,7 @@ test-oldest:
 	$(PYTHON) constraints/lower_bounds.py > $(OLDEST_VENV)/lower-bounds.txt
 	$(OLDEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c $(OLDEST_VENV)/lower-bounds.txt -e ".[dev]"
 	$(OLDEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
-	$(OLDEST_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(OLDEST_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # Starts the local two-node test cluster (root, Debian packages; returns at once if it is up).
@@ -70,10 +73,10 @@ test-slurm: $(TEST_STAMP)
 	tests/slurm/slurm-local start 2
 	$(BIN)/python -m pytest --run-slurm -m slurm $(PYTEST_ARGS)
 
-# The whole suite on the newest stack (Python 3.12, megatron-core 0.19, transformers 5) plus the
+# The whole suite (fault injection aside) on the newest stack (Python 3.12, megatron-core 0.19, transformers 5) plus the
 # Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed, as CPU machines lack it).
 test-bridge: $(BRIDGE_STAMP)
-	$(BRIDGE_VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BRIDGE_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 $(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt

@@ -20,6 +20,8 @@ import pytest
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts.cli import main
 
+pytestmark = pytest.mark.faults
+
 DISK_BYTES = 64 << 20
 PAGE = 4096
 

@@ -106,7 +106,8 @@ def kill_9_after(args: list[str], seconds: float) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kills", [5, pytest.param(30, marks=[pytest.mark.slow, pytest.mark.faults])])
+@pytest.mark.faults
+@pytest.mark.parametrize("kills", [5, pytest.param(30, marks=pytest.mark.slow)])
 def test_kill_9_at_random_moments_then_rerun_gives_identical_artefacts_and_no_temporaries(tmp_path, kills):
     run = tmp_path / "run"
     args = ["em", "run", f"run_dir={run}", *TINY]

@@ -73,7 +73,8 @@ def test_kill_9_mid_prepare_then_resume_gives_identical_shards(tmp_path, tokeniz
     assert not list(chunks_dir.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("megabytes", [50, pytest.param(500, marks=[pytest.mark.slow, pytest.mark.faults])])
+@pytest.mark.faults
+@pytest.mark.parametrize("megabytes", [50, pytest.param(500, marks=pytest.mark.slow)])
 def test_a_single_huge_document_prepares(tmp_path, tokenizer_dir, megabytes):
     """One paragraph of plain English sentences: nltk's regex time limit used to fail it after 7 s."""
     text = testing.english_document(megabytes * 1_000_000, seed=megabytes)
