@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import os
 import textwrap
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from nemo_latent_thoughts import fileio
@@ -513,13 +514,19 @@ def _at_least(section, minimum, *keys: str) -> None:
         _require(getattr(section, key) >= minimum, key, f"must be >= {minimum}")
 
 
+@functools.cache
+def _defaults(schema: type) -> DictConfig:
+    """The schema's defaults as a structured config, built once (it costs most of a load)."""
+    return OmegaConf.structured(schema)
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[T] = Config) -> T:
     """Load `path` (YAML) over the schema's defaults, apply dot-list overrides, validate.
 
     Every problem (missing file, bad YAML, unknown key, wrong type, bad value, malformed override)
     is raised as a one-line `NLTError` naming the file or override and the key.
     """
-    merged = OmegaConf.structured(schema)
+    merged = OmegaConf.merge(_defaults(schema))  # a copy: the cached defaults stay as they are
     if path is not None:
         merged = _merge(merged, _read_yaml(Path(path)), source=str(path))
     for override in overrides:
