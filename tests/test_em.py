@@ -70,6 +70,7 @@ def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, c
     report = (run / "report.md").read_text()
     for name in ("round 0", "round 1", "round 2", "baseline raw_tokens", "baseline flops"):
         assert f"| {name} |" in report
+    assert "model preset `tiny` from random initialisation" in report
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert main(["em", "status", str(run)]) == 0
@@ -227,6 +228,8 @@ def test_a_pretrained_base_is_shared_and_every_mstep_starts_from_it(tmp_path):
     for recipe in ("round_00/recipe.yaml", "round_01/recipe.yaml", "baselines/raw_tokens/recipe.yaml"):
         assert load_config(first / recipe).training.init_from == base
     assert json.loads((first / "round_01" / "mstep" / "done.json").read_text())["init_from"] == base
+    assert (f"base model `{base}` (LlamaForCausalLM, 2 layers, width 64; pretrained by the run from preset `tiny`)"
+            in (first / "report.md").read_text())  # the model M-steps start from, not a preset
 
     # The base corpus: the corpus's process with its working shown some of the time, and no problem
     # of the bootstrap corpus, the test questions or the exemplars.
@@ -283,6 +286,14 @@ def test_a_separate_warm_start_corpus_is_round_0s_alone(tmp_path):
     assert main(["em", "run", f"run_dir={only_warm}", *TINY, *warm, "em.num_rounds=0"]) == 0
     assert load_config(only_warm / "baselines" / "raw_tokens" / "recipe.yaml").training.train_data[0].path == str(
         only_warm / "warmstart" / "raw" / "data" / "train")
+
+
+def test_the_program_teacher_on_a_real_corpus_is_refused_before_any_stage(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["em", "run", f"run_dir={run}", "synthetic.enabled=false", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nlt em: error: teacher.kind: program writes latents only for the synthetic corpus")
+    assert "\n" not in err and not run.exists()
 
 
 def test_a_second_driver_on_a_live_run_dir_is_refused_at_once(tmp_path, capsys):

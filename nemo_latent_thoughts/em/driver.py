@@ -23,6 +23,7 @@ from nemo_latent_thoughts.em.base import base_model, pretrain_base, write_synthe
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
                                           round_latents)
 from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.teacher.run import check_teacher
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool =
     A run directory made under another config is refused (its keys named) unless
     `allow_config_change`: finished stages keep the results of the config they were made with.
     """
+    check_teacher(cfg)  # before any stage, not hours later at round 0's teacher
     run = Path(cfg.run_dir)
     with locks.exclusive(run, what="nlt em run"):
         saved = run / config_lib.RESOLVED_CONFIG_NAME

@@ -58,6 +58,23 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def describe_base(cfg) -> str:
+    """What every M-step of the run starts from: the model itself, not a preset it does not use."""
+    from nemo_latent_thoughts.em.base import base_model
+
+    if not cfg.base.pretrain and cfg.training.init_from is None:
+        return f"model preset `{cfg.model.preset}` from random initialisation"
+    try:
+        path = base_model(cfg)
+        hf = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):  # the base stage has not run yet
+        return "base model not built yet"
+    shape = (f"{(hf.get('architectures') or [hf.get('model_type', '?')])[0]}, {hf.get('num_hidden_layers', '?')} "
+             f"layers, width {hf.get('hidden_size', '?')}")
+    origin = f"pretrained by the run from preset `{cfg.model.preset}`" if cfg.base.pretrain else "training.init_from"
+    return f"base model `{path}` ({shape}; {origin})"
+
+
 def _row_metrics(row: dict, modes: list[str]) -> list[str]:
     e = (row["estep"] or {}).get("metrics", {})
     heldout = (row["eval"] or {}).get("heldout") or {}
@@ -127,8 +144,8 @@ def write_report(run_dir: str | Path) -> Path:
               "E-step ELBO/tok", "ESS", "rejected", "truncated", "latent len", "raw tokens", "latent tokens", "trained tokens",
               "valid loss"]
     lines = [f"# EM run report: {run_dir.name}", "",
-             f"{cfg.em.num_rounds} EM rounds after the warm start; K = {cfg.estep.num_samples}; model preset "
-             f"`{cfg.model.preset}`; seed {cfg.seed}. Accuracy is the mean ± std over eval seeds {cfg.eval.seeds} "
+             f"{cfg.em.num_rounds} EM rounds after the warm start; K = {cfg.estep.num_samples}; "
+             f"{describe_base(cfg)}; seed {cfg.seed}. Accuracy is the mean ± std over eval seeds {cfg.eval.seeds} "
              f"(few-shot exemplars drawn per seed), averaged over the eval files. Baselines train on raw data by the "
              f"same recipe: raw_tokens sees as many raw tokens as the final round's model, flops as many tokens in all.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

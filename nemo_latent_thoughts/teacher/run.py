@@ -81,7 +81,15 @@ def select_items(cfg: Config) -> tuple[list[TeacherItem], int]:
     return items, total
 
 
+def check_teacher(cfg: Config) -> None:
+    """The program teacher knows only the synthetic corpus: refuse it on a real one, in one line."""
+    if cfg.teacher.kind == "program" and not cfg.synthetic.enabled:
+        raise NLTError("teacher.kind: program writes latents only for the synthetic corpus (synthetic.enabled is "
+                       "false); for a real corpus set teacher.kind=openai with teacher.base_url and teacher.model")
+
+
 def make_teacher(cfg: Config, out: Path):
+    check_teacher(cfg)
     if cfg.teacher.kind == "program":
         return ProgramTeacher()
     from nemo_latent_thoughts.teacher.llm import LLMTeacher
