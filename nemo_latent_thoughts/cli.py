@@ -105,6 +105,12 @@ def _cmd_export(args, cfg) -> None:
     print(f"Hugging Face model written to {export_checkpoint(cfg, args.checkpoint, args.out)}")
 
 
+def _cmd_init_base(args, cfg) -> None:
+    from nemo_latent_thoughts.model.convert import init_base
+
+    print(f"base model written to {init_base(args.hf_dir, args.out_dir, args.divisible_by, args.seed)}")
+
+
 def _cmd_estep(args, cfg) -> None:
     from nemo_latent_thoughts.estep import run_estep
 
@@ -196,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     export = _add(sub, "export", _cmd_export, "export a training checkpoint as a Hugging Face directory")
     export.add_argument("--checkpoint", type=Path, help="checkpoint directory (default: newest)")
     export.add_argument("--out", type=Path, help="output directory (default: CHECKPOINT/hf)")
+    init = sub.add_parser("init-base", help="make a plain Hugging Face Llama directory a base: extend its "
+                          "tokenizer with the latent-thought tokens and grow its embeddings to match",
+                          description="make a plain Hugging Face Llama directory a base for training.init_from: "
+                          "its tokenizer with the four latent-thought tokens, its vocabulary grown to match")
+    init.add_argument("hf_dir", type=Path, help="the Hugging Face model directory (config.json, weights, tokenizer)")
+    init.add_argument("out_dir", type=Path, help="where to write the extended base")
+    init.add_argument("--divisible-by", type=int, default=128, help="pad the vocabulary to a multiple of this "
+                      "(model.make_vocab_size_divisible_by)")
+    init.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
+    init.set_defaults(func=_cmd_init_base, no_config=True)
     estep = _add(sub, "estep", _cmd_estep, "sample, score and resample K latents per chunk (estep.*)")
     estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
     estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")

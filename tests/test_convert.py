@@ -1,6 +1,7 @@
 """Megatron <-> Hugging Face conversion: logits parity, round trips, vocabulary growth."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -109,3 +110,30 @@ def test_real_pretrained_llama_imports_with_logits_parity_and_exports_back(tmp_p
     exported = LlamaForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
     with torch.no_grad():
         assert (exported(tokens).logits[..., :49152] - expected).abs().max().item() <= 1e-4
+
+
+def test_init_base_makes_a_plain_hf_model_a_base_once(tmp_path, smollm2_dir):
+    """`nlt init-base`: the plain model's tokenizer gains the four tokens (its own ids unchanged), the
+    embeddings grow to match with the original rows kept, and an extended base is kept as it is."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from nemo_latent_thoughts.cli import main
+    from nemo_latent_thoughts.tokens import SPECIAL_TOKENS, latent_token_ids
+
+    base, again = tmp_path / "base", tmp_path / "again"
+    assert main(["init-base", str(smollm2_dir), str(base)]) == 0
+    plain, extended = (AutoTokenizer.from_pretrained(str(d)) for d in (smollm2_dir, base))
+    latent_token_ids(extended)  # has every special token, BOS and EOS
+    assert len(extended) == len(plain) + len(SPECIAL_TOKENS)
+    text = "Natalia sold 48/2 = 24 clips in May."
+    assert extended(text)["input_ids"] == plain(text)["input_ids"]
+    config = json.loads((base / "config.json").read_text())
+    assert config["vocab_size"] == padded_vocab_size(len(extended), 128) > json.loads(
+        (smollm2_dir / "config.json").read_text())["vocab_size"]
+    old, new = (load_file(str(d / "model.safetensors"))["model.embed_tokens.weight"] for d in (smollm2_dir, base))
+    assert torch.equal(new[:old.shape[0]], old)
+
+    assert main(["init-base", str(base), str(again)]) == 0  # already a base: nothing grows
+    assert json.loads((again / "config.json").read_text())["vocab_size"] == config["vocab_size"]
+    assert torch.equal(load_file(str(again / "model.safetensors"))["model.embed_tokens.weight"], new)
