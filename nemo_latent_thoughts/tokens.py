@@ -48,7 +48,8 @@ def latent_token_ids(tokenizer) -> LatentTokenIds:
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise NLTError(f"tokenizer '{tokenizer.name_or_path}' lacks the latent-thought tokens "
-                       f"{', '.join(missing)}; extend it with nemo_latent_thoughts.tokens.extend_tokenizer")
+                       f"{', '.join(missing)}; `nlt init-base MODEL_DIR OUT_DIR` writes a base with them: point "
+                       "tokenizer.path (and training.init_from) at OUT_DIR")
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise NLTError(f"tokenizer '{tokenizer.name_or_path}' has no BOS or EOS token; documents need both")
     return LatentTokenIds(sol=vocab[SOL], eol=vocab[EOL], prior=vocab[PRIOR], post=vocab[POST],
