@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "tokenizer with the latent-thought tokens and grow its embeddings to match",
                           description="make a plain Hugging Face Llama directory a base for training.init_from: "
                           "its tokenizer with the four latent-thought tokens, its vocabulary grown to match")
-    init.add_argument("hf_dir", type=Path, help="the Hugging Face model directory (config.json, weights, tokenizer)")
-    init.add_argument("out_dir", type=Path, help="where to write the extended base")
+    init.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="the Hugging Face model directory (config.json, weights, tokenizer)")
+    init.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where to write the extended base")
     init.add_argument("--divisible-by", type=int, default=128, help="pad the vocabulary to a multiple of this "
                       "(model.make_vocab_size_divisible_by)")
     init.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
