@@ -73,8 +73,9 @@ test-slurm: $(TEST_STAMP)
 	tests/slurm/slurm-local start 2
 	$(BIN)/python -m pytest --run-slurm -m slurm $(PYTEST_ARGS)
 
-# The whole suite (fault injection aside) on the newest stack (Python 3.12, megatron-core 0.19, transformers 5) plus the
-# Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed, as CPU machines lack it).
+# The whole suite (fault injection aside) on the newest stack (Python 3.12, megatron-core 0.19,
+# transformers 5) plus the Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed,
+# as CPU machines lack it).
 test-bridge: $(BRIDGE_STAMP)
 	$(BRIDGE_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "tokenizer with the latent-thought tokens and grow its embeddings to match",
                           description="make a plain Hugging Face Llama directory a base for training.init_from: "
                           "its tokenizer with the four latent-thought tokens, its vocabulary grown to match")
-    init.add_argument("hf_dir", type=Path, metavar="HF_DIR", help="the Hugging Face model directory (config.json, weights, tokenizer)")
+    init.add_argument("hf_dir", type=Path, metavar="HF_DIR",
+                      help="the Hugging Face model directory (config.json, weights, tokenizer)")
     init.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where to write the extended base")
     init.add_argument("--divisible-by", type=int, default=128, help="pad the vocabulary to a multiple of this "
                       "(model.make_vocab_size_divisible_by)")
@@ -290,10 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
         if args.debug:
             raise
-        if fileio.no_space(e):
-            print(f"nlt {args.command}: error: no space left on device"
-                  f"{f' writing {e.filename}' if getattr(e, 'filename', None) else ''}; free space and rerun "
-                  "(finished outputs are kept)", file=sys.stderr)
+        if fileio.no_space(e):  # a full disk outside fileio.atomic_path
+            print(f"nlt {args.command}: error: {fileio.disk_full(getattr(e, 'filename', None))}", file=sys.stderr)
             return 2
         print(f"nlt {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for "
               "the traceback)", file=sys.stderr)

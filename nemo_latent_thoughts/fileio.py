@@ -36,8 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     except Exception as e:
         if no_space(e):
-            raise NLTError(f"{path}: no space left on device; free space in {path.parent} and rerun "
-                           "(finished outputs are kept)") from e
+            raise disk_full(path) from e
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -47,6 +46,13 @@ def no_space(e: BaseException) -> bool:
     """Whether `e` reports a full disk or quota, raised directly or wrapped by a library."""
     return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
         sign in str(e) for sign in ("No space left on device", "Disk quota exceeded", "os error 28"))
+
+
+def disk_full(path: str | os.PathLike | None) -> NLTError:
+    """The one-line error for a full disk while writing `path` (None: not known)."""
+    where = f"{path}: no space left on device; free space in {Path(path).parent}" if path else \
+        "no space left on device; free space"
+    return NLTError(f"{where} and rerun (finished outputs are kept)")
 
 
 def clean_temps(directory: str | os.PathLike, name: str = "*") -> None:

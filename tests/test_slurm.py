@@ -15,6 +15,7 @@ import torch
 from nemo_latent_thoughts.config import save_config
 from nemo_latent_thoughts.estep import run_estep
 from nemo_latent_thoughts.launch import sacct
+from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
 from nemo_latent_thoughts.train.trainer import train
 from test_estep import estep_cfg, shard_bytes
 from test_trainer import final_weights, metrics, training_cfg
@@ -105,8 +106,6 @@ def test_estep_array_equals_a_local_run_and_wait_returns_when_it_ends(reference,
 
 
 def test_killed_array_task_is_all_a_relaunch_runs(reference, written_run, trained_model, tmp_path):
-    from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
-
     cfg = small_estep(written_run, trained_model, tmp_path / "estep")
     rc, out = nlt_launch("estep", cfg, tmp_path)
     assert rc == 0, out[-3000:]
@@ -161,16 +160,10 @@ def test_an_estep_task_that_fails_twice_is_reported_each_time_and_a_relaunch_fin
         line = one_error_line(out)
         assert rc == 2 and f"estep: job {job}: 1 of {4 if attempt == 0 else 1} tasks did not complete ({job}_1 " in line
         assert "logs in /" in line and "rerun the same `nlt launch` to resume" in line
-        assert slurm_unfinished(cfg) == [1]
+        assert unfinished_estep_tasks(cfg, 4) == [1]
     rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
     assert rc == 0 and "(array 1)" in out, out[-3000:]
     assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)
-
-
-def slurm_unfinished(cfg) -> list[int]:
-    from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
-
-    return unfinished_estep_tasks(cfg, 4)
 
 
 def slurmstepd_of(pid: int) -> int:

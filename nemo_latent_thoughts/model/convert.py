@@ -156,7 +156,6 @@ def import_hf(model_dir: str | Path, seq_length: int | None = None) -> tuple[dic
     return hf_to_megatron(model.state_dict(), shape), shape
 
 
-
 def init_base(hf_dir: str | Path, out_dir: str | Path, divisible_by: int = 128, seed: int = 0) -> Path:
     """A plain Hugging Face Llama directory made ready as a base (`nlt init-base`): its tokenizer with
     the four latent-thought tokens, its vocabulary grown to match (padded to `divisible_by`), written
@@ -169,7 +168,7 @@ def init_base(hf_dir: str | Path, out_dir: str | Path, divisible_by: int = 128, 
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
     extend_tokenizer(tokenizer)
     state, shape = import_hf(hf_dir)
-    vocab = padded_vocab_size(len(tokenizer), divisible_by)
     if shape.vocab_size < len(tokenizer):
+        vocab = padded_vocab_size(len(tokenizer), divisible_by)
         state, shape = grow_vocab(state, shape, vocab, torch.Generator().manual_seed(seed))
     return export_hf(state, shape, tokenizer, out_dir)
