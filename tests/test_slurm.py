@@ -179,6 +179,7 @@ def node_is(name: str, *states: str) -> bool:
     return bool(out) and all(state.rstrip("*~#") in states for state in out)
 
 
+@pytest.mark.slow  # flaky in CI: once the job outlived a 600 s timeout (requeued by Slurm?); see issue 17
 def test_a_node_lost_during_a_two_node_mstep_is_reported_and_a_relaunch_resumes_from_the_checkpoint(written_run,
                                                                                                    tmp_path):
     from nemo_latent_thoughts.train import checkpoint
