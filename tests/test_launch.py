@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -130,6 +131,24 @@ def test_an_array_has_not_ended_while_sacct_lags_behind_some_of_its_tasks():
     assert sacct.ended({"49_3": "CANCELLED"}, {3}) and sacct.ended({"50": "COMPLETED"})
     done = {f"49_{t}": "COMPLETED" for t in range(3)} | {"49_3": "CANCELLED"}
     assert sacct.ended(done, {0, 1, 2, 3})
+
+
+def test_a_job_requeued_after_a_node_failure_is_waited_for_until_its_rerun_ends(caplog):
+    replies = iter([{"52": "RUNNING"}, {"52": "REQUEUED"}, {"52": "PENDING"}, {"52": "RUNNING"}, {"52": "COMPLETED"}])
+    assert sacct.wait("52", poll_seconds=0, query=lambda job: next(replies)) == {"52": "COMPLETED"}
+    assert next(replies, None) is None
+    assert [r.message for r in caplog.records if "requeued" in r.message] == [
+        "launch: job 52 was requeued by Slurm (a node failed or it was preempted); it resumes from its newest "
+        "checkpoint when it runs again"]
+
+
+def test_squeue_overrides_sacct_while_the_controller_still_holds_the_job(monkeypatch):
+    replies = {"sacct": "53|NODE_FAIL\n", "squeue": "53|PENDING\n"}  # sacct's row before the requeue lands
+    monkeypatch.setattr(sacct.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 0, replies[argv[0]], ""))
+    assert sacct.states("53") == {"53": "PENDING"} and not sacct.ended(sacct.states("53"))
+    replies["squeue"] = ""  # purged from the controller: sacct's word is final
+    assert sacct.states("53") == {"53": "NODE_FAIL"}
 
 
 @pytest.mark.nemo

@@ -4,6 +4,11 @@ NeMo-Run's own wait never returns for arrays: its scheduler matches sacct rows t
 skips the `ID_TASK` rows of array tasks (DESIGN.md 3.5). Here every row counts; pending tasks
 that sacct still lists as one `ID_[2-5]` row count as not ended, and so do tasks sacct does not
 list yet.
+
+sacct can also show a job as ended while Slurm requeues it (NeMo-Run submits with `--requeue`,
+so a node failure or a preemption sends the job back to the queue, and its rerun resumes from the
+newest checkpoint). The controller's own view, `squeue`, therefore overrides sacct's rows: a job
+that squeue still lists as pending or running has not ended.
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ def parse(text: str) -> dict[str, str]:
 
 
 def states(job_id: str) -> dict[str, str]:
-    """The allocation rows of job `job_id` (one per array task) and their states."""
+    """The allocation rows of job `job_id` (one per array task) and their states: sacct's, updated
+    by squeue's for the jobs the controller still holds."""
     out = subprocess.run(["sacct", "--parsable2", "--noheader", "-X", "-o", "JobID,State", "-j", str(job_id)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise NLTError(f"sacct -j {job_id} failed ({out.stderr.strip() or out.returncode}); Slurm accounting "
                        "(slurmdbd) must be enabled for `nlt launch --wait`")
-    return parse(out.stdout)
+    queued = subprocess.run(["squeue", "--noheader", "--array", "-o", "%i|%T", "-j", str(job_id)],
+                            capture_output=True, text=True)  # fails once the controller has purged the job
+    return parse(out.stdout) | (parse(queued.stdout) if queued.returncode == 0 else {})
 
 
 def array_tasks(spec: str) -> set[int]:
@@ -62,6 +70,12 @@ def ended(rows: dict[str, str], tasks: Optional[set[int]] = None) -> bool:
     return tasks is None or tasks <= listed
 
 
+def requeued(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Jobs that were running (or had failed) in `before` and are back in the queue in `now`."""
+    return [job for job, state in sorted(now.items())
+            if state in ("REQUEUED", "PENDING") and before.get(job) not in (None, "PENDING", "REQUEUED")]
+
+
 def wait(job_id: str, poll_seconds: float = 30.0, timeout: Optional[float] = None,
          query: Callable[[str], dict[str, str]] = states, tasks: Optional[set[int]] = None) -> dict[str, str]:
     """Poll until job `job_id` (each of its array `tasks`) has ended; return the final states."""
@@ -71,6 +85,9 @@ def wait(job_id: str, poll_seconds: float = 30.0, timeout: Optional[float] = Non
         rows = query(job_id)
         if rows != last:
             log.info("launch: job %s: %s", job_id, ", ".join(f"{k} {v}" for k, v in sorted(rows.items())) or "queued")
+            for job in requeued(last or {}, rows):
+                log.warning("launch: job %s was requeued by Slurm (a node failed or it was preempted); it resumes "
+                            "from its newest checkpoint when it runs again", job)
             last = rows
         if ended(rows, tasks):
             return rows
