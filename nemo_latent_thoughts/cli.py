@@ -57,6 +57,19 @@ def _cmd_em_status(args, cfg) -> None:
     print(f"{done}/{len(rows)} stages done")
 
 
+def _cmd_em_plan(args, cfg) -> None:
+    from nemo_latent_thoughts.em.plan import plan
+    from nemo_latent_thoughts.teacher.run import check_teacher
+
+    check_teacher(cfg)
+    stages = plan(cfg)
+    width = max(len(stage.name) for stage in stages)
+    for stage in stages:
+        print(f"{stage.name:<{width}}  {'done' if stage.done else 'to run'}  {stage.out}")
+    print(f"{sum(not s.done for s in stages)} of {len(stages)} stages to run in {cfg.run_dir}"
+          + ("" if cfg.em.run_mstep else "; each M-step waits for the cluster (em.run_mstep: false)"))
+
+
 def _cmd_eval(args, cfg) -> None:
     from nemo_latent_thoughts.eval.run import run_eval
 
@@ -226,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     em_run.add_argument("--allow-config-change", action="store_true",
                         help="continue a run directory made under another config (finished stages keep their "
                              "results); without it a change is refused, except speed-only keys")
+    _add(em_sub, "plan", _cmd_em_plan, "print the stages a recipe runs and where each writes; runs nothing",
+         config_required=False)
     for name, func, help in (("status", _cmd_em_status, "what is done, running and pending in RUN_DIR"),
                              ("report", _cmd_report, "rebuild RUN_DIR/report.md and report.png")):
         p = (em_sub if name == "status" else sub).add_parser(name, help=help, description=help)

@@ -363,8 +363,9 @@ class EvalConfig:
     """Prompts decoded together."""
     device: str = "cpu"
     """cpu or cuda."""
-    elbo_corpus: Optional[str] = "${run_dir}/eval_data/heldout.jsonl"
-    """Held-out documents (JSONL with a text field) for the ELBO per raw token; unset: no ELBO."""
+    elbo_corpus: list[str] = field(default_factory=lambda: ["${run_dir}/eval_data/heldout.jsonl"])
+    """Held-out documents (JSONL/Parquet files, directories or globs, as data.corpus) for the ELBO
+    per raw token; empty: no ELBO."""
     elbo_chunks: int = 64
     """Held-out chunks scored for the ELBO."""
     elbo_samples: int = 4
@@ -388,11 +389,11 @@ class WarmStartConfig:
     """Round 0's corpus (BoLT: a warm-start split apart from the bootstrap corpus, every chunk
     annotated by the teacher; rounds >= 1 never see it)."""
 
-    corpus: Optional[str] = None
-    """A warm-start corpus (JSONL, data.text_field) apart from the bootstrap corpus (data.corpus):
-    round 0 trains on it with teacher latents for teacher.fraction of its chunks (BoLT: 1.0).
-    With synthetic.enabled it is generated. None: round 0 annotates teacher.fraction of the
-    bootstrap corpus itself."""
+    corpus: list[str] = field(default_factory=list)
+    """A warm-start corpus (files, directories or globs, as data.corpus) apart from the bootstrap
+    corpus: round 0 trains on it with teacher latents for teacher.fraction of its chunks (BoLT:
+    1.0). With synthetic.enabled its first file is generated. Empty: round 0 annotates
+    teacher.fraction of the bootstrap corpus itself."""
     synthetic_docs: int = 400
     """Documents of a generated warm-start corpus (the corpus's process, another seed, no problem
     of the bootstrap corpus)."""
@@ -410,10 +411,11 @@ class BaseConfig:
     """Pretrain the base on base.corpus with the training section (random init, base.seed,
     base.max_tokens), once: cached in base.cache_dir under a hash of everything it depends on, so
     runs and seeds with equal inputs share it. False: every M-step starts from training.init_from."""
-    corpus: str = "${run_dir}/base_corpus.jsonl"
-    """The base corpus (JSONL, data.text_field); must not hold the bootstrap corpus or eval problems.
-    With synthetic.enabled it is generated: base.synthetic_docs documents of the same process with
-    other seeds, no problem of the bootstrap corpus, the warm-start corpus or the eval set."""
+    corpus: list[str] = field(default_factory=lambda: ["${run_dir}/base_corpus.jsonl"])
+    """The base corpus (files, directories or globs, as data.corpus); must not hold the bootstrap
+    corpus or eval problems. With synthetic.enabled its first file is generated: base.synthetic_docs
+    documents of the same process with other seeds, no problem of the bootstrap corpus, the
+    warm-start corpus or the eval set."""
     synthetic_docs: int = 2000
     """Documents of the generated base corpus."""
     style: str = "worked"
@@ -523,12 +525,13 @@ def _defaults(schema: type) -> DictConfig:
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: type[T] = Config) -> T:
     """Load `path` (YAML) over the schema's defaults, apply dot-list overrides, validate.
 
+    A list-of-strings key (every corpus-like one) also takes one string, and null for none.
     Every problem (missing file, bad YAML, unknown key, wrong type, bad value, malformed override)
     is raised as a one-line `NLTError` naming the file or override and the key.
     """
     merged = OmegaConf.merge(_defaults(schema))  # a copy: the cached defaults stay as they are
     if path is not None:
-        merged = _merge(merged, _read_yaml(Path(path)), source=str(path))
+        merged = _merge(merged, _read_yaml(Path(path)), source=str(path), schema=schema)
     for override in overrides:
         if "=" not in override or override.startswith("="):
             raise NLTError(f"override '{override}': expected KEY=VALUE (e.g. model.preset=tiny)")
@@ -536,7 +539,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), schema: 
             dotlist = OmegaConf.from_dotlist([override])
         except (OmegaConfBaseException, yaml.YAMLError) as e:
             raise NLTError(f"override '{override}': {_first_line(e)}") from None
-        merged = _merge(merged, dotlist, source=f"override '{override}'")
+        merged = _merge(merged, dotlist, source=f"override '{override}'", schema=schema)
     if isinstance(merged.get("run_dir"), str) and not os.path.isabs(merged.run_dir):
         # Every ${run_dir} path becomes absolute: saved configs and round recipes then mean the same
         # files from any working directory (a cluster job's, `nlt em status`'s).
@@ -564,6 +567,7 @@ def changed_keys(saved: str | Path, cfg: Any) -> list[str]:
         old = _flat(OmegaConf.to_container(OmegaConf.load(saved)))
     except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
         raise NLTError(f"{saved}: unreadable saved config ({_first_line(e)}); restore or remove it") from None
+    old = {k: _as_list(v) if k in _string_list_keys(type(cfg)) else v for k, v in old.items()}  # older saves
     new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SPEED_ONLY_KEYS)
 
@@ -633,7 +637,30 @@ def _read_yaml(path: Path):
         raise NLTError(f"{path}: {_first_line(e)}; every key must be a section or setting name") from None
 
 
-def _merge(base, other, source: str):
+@functools.cache
+def _string_list_keys(schema: type, prefix: str = "") -> frozenset[str]:
+    """Dotted keys of the schema's list[str] fields."""
+    import typing
+
+    keys = set()
+    for name, hint in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(hint):
+            keys |= _string_list_keys(hint, f"{prefix}{name}.")
+        elif hint == list[str]:
+            keys.add(prefix + name)
+    return frozenset(keys)
+
+
+def _as_list(value: Any) -> Any:
+    """One string as a one-item list, None as the empty list; anything else as it is."""
+    return [value] if isinstance(value, str) else [] if value is None else value
+
+
+def _merge(base, other, source: str, schema: type = Config):
+    listed = _flat(OmegaConf.to_container(other, resolve=False)) if isinstance(other, DictConfig) else {}
+    for key in _string_list_keys(schema) & listed.keys():
+        if not isinstance(listed[key], list):
+            OmegaConf.update(other, key, _as_list(listed[key]), merge=False)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:

@@ -263,8 +263,9 @@ def _evaluate(node: ast.expr, values: dict[str, int]) -> int:
     return {ast.Add: left + right, ast.Sub: left - right, ast.Mult: left * right}[type(node.op)]
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 384):
-    """Train a byte-level BPE (digits split singly) on `texts`, add the special tokens, save it.
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 384, latent_tokens: bool = True):
+    """Train a byte-level BPE (digits split singly) on `texts`, add the latent-thought tokens (unless
+    not `latent_tokens`: a plain tokenizer, as a user's model brings), save it.
 
     Returns the `PreTrainedTokenizerFast`; `out_dir` becomes a normal Hugging Face tokenizer
     directory. Decoding inverts encoding exactly.
@@ -284,7 +285,8 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     bpe.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", clean_up_tokenization_spaces=False)
-    extend_tokenizer(tokenizer)
+    if latent_tokens:
+        extend_tokenizer(tokenizer)
     with fileio.atomic_path(out_dir) as tmp:
         tokenizer.save_pretrained(str(tmp))
     tokenizer.name_or_path = str(out_dir)

@@ -68,13 +68,14 @@ def encode_raw(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def load_tokenizer(path: str | Path):
-    """Load a Hugging Face tokenizer directory offline and check it has the special tokens."""
+def load_tokenizer(path: str | Path, check: bool = True):
+    """Load a Hugging Face tokenizer directory offline and (with `check`) check it has the special tokens."""
     from transformers import AutoTokenizer
 
     if not Path(path, "tokenizer_config.json").is_file():
         raise NLTError(f"tokenizer '{path}' not found (no tokenizer_config.json there); set "
                        "tokenizer.path to a Hugging Face tokenizer directory")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    latent_token_ids(tokenizer)
+    if check:
+        latent_token_ids(tokenizer)
     return tokenizer

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nemo_latent_thoughts.config import Config, field_docs, load_config, save_config
+from nemo_latent_thoughts.config import Config, changed_keys, field_docs, load_config, save_config
 from nemo_latent_thoughts.errors import NLTError
 
 
@@ -22,6 +22,27 @@ def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
     assert cfg.synthetic.num_docs == 11  # the override wins over the file
     assert cfg.synthetic.seed == 0  # untouched default
     assert cfg.tokenizer.path == "/tok" and cfg.seed == 5
+
+
+def test_every_corpus_like_key_takes_a_list_one_string_or_null(tmp_path):
+    path = write(tmp_path, "run_dir: /r\nbase:\n  corpus: ${run_dir}/b.jsonl\nwarmstart:\n  corpus: null\n")
+    cfg = load_config(path, ["eval.elbo_corpus=/h.jsonl", "data.corpus=[/c/*.jsonl,/d]"])
+    assert cfg.base.corpus == ["/r/b.jsonl"] and cfg.warmstart.corpus == [] and cfg.eval.elbo_corpus == ["/h.jsonl"]
+    assert cfg.data.corpus == ["/c/*.jsonl", "/d"]
+    listed = load_config(None, ["run_dir=/r", "base.corpus=[/r/b.jsonl]", "eval.elbo_corpus=[/h.jsonl]",
+                                "data.corpus=[/c/*.jsonl,/d]"])
+    assert listed == cfg
+
+
+def test_a_config_saved_with_a_string_where_a_list_is_now_kept_is_not_a_change(tmp_path):
+    cfg = load_config(None, ["run_dir=/r", "warmstart.corpus=/w.jsonl"])
+    saved = save_config(cfg, tmp_path)
+    text = saved.read_text().replace("  corpus:\n  - /w.jsonl\n", "  corpus: /w.jsonl\n")
+    text = text.replace("  elbo_corpus:\n  - /r/eval_data/heldout.jsonl\n", "  elbo_corpus: /r/eval_data/heldout.jsonl\n")
+    assert text.count("corpus: /") == 2
+    saved.write_text(text)  # as an older release wrote it
+    assert changed_keys(saved, cfg) == []
+    assert changed_keys(saved, load_config(None, ["run_dir=/r"])) == ["warmstart.corpus"]
 
 
 def test_no_file_gives_the_embedded_defaults_resolved():

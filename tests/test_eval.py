@@ -117,11 +117,11 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
     fileio.write_jsonl(tmp_path / "heldout.jsonl", testing.generate_corpus(replace(cfg.synthetic, num_docs=2, seed=99)))
     e = replace(cfg.eval, model=str(trained_model), out_dir=str(tmp_path / "eval"), data=[str(tmp_path / "test.jsonl")],
                 shots=str(tmp_path / "shots.jsonl"), seeds=[0, 1], max_new_tokens=12, max_prompt_tokens=128,
-                elbo_corpus=str(tmp_path / "heldout.jsonl"), elbo_chunks=3, elbo_samples=3)
+                elbo_corpus=[str(tmp_path / "heldout.jsonl")], elbo_chunks=3, elbo_samples=3)
     run_cfg = replace(cfg, eval=e, estep=replace(cfg.estep, num_samples=2, max_new_tokens=8))
     out = run_eval(run_cfg)
     statement = run_eval(replace(run_cfg, eval=replace(e, template="statement", out_dir=str(tmp_path / "st"),
-                                                       elbo_corpus=None)))
+                                                       elbo_corpus=[])))
     first = json.loads((statement / "predictions_test_plain_seed0.jsonl").open().readline())
     assert "." not in first["prediction"] and first["graded_on"] == "answer"
     summary = json.loads((out / "summary.json").read_text())

@@ -17,6 +17,7 @@ corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
   claim2      3 EM rounds with K = 4: accuracy rises over rounds 1, 2, 3, each above raw_tokens?
   claim3_k1, claim3_k2, claim3_k8   1 EM round with K = 1, 2, 8; with claim2's round 1 (K = 4)
               a curve: do accuracy and held-out ELBO rise with K?
+  claim2_k8   lever for claim 2 (RESULTS.md): claim2 with K = 8
 Each experiment runs one run directory per seed (resumable: rerun the same command).
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
 the raw-data baselines. Writes OUT/results.json, OUT/per_seed.json, OUT/results.md (mean ± std over seeds per model,
@@ -48,6 +49,7 @@ BOLT = {
     "claim1": ["em.num_rounds=0", "em.baselines=[raw_tokens,flops]"],
     "claim2": ["em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
     **{f"claim3_k{k}": ["em.num_rounds=1", f"estep.num_samples={k}", "em.baselines=[]"] for k in (1, 2, 8)},
+    "claim2_k8": ["em.num_rounds=3", "estep.num_samples=8", "em.baselines=[]"],
 }
 EXPERIMENTS = {"old": OLD, "bolt": BOLT}
 K_CURVE = [(1, "claim3_k1"), (2, "claim3_k2"), (4, "claim2"), (8, "claim3_k8")]

@@ -39,10 +39,11 @@ class ReadReport:
                 "bad_records": self.bad_records}
 
 
-def corpus_files(patterns: Sequence[str]) -> list[Path]:
-    """The corpus files named by paths, directories (searched recursively) and globs, sorted."""
+def corpus_files(patterns: Sequence[str], setting: str = "data.corpus") -> list[Path]:
+    """The corpus files named by paths, directories (searched recursively) and globs, sorted;
+    `setting` names the config key in errors."""
     if not patterns:
-        raise NLTError("data.corpus is empty; set it to JSONL/Parquet files, directories or globs")
+        raise NLTError(f"{setting} is empty; set it to JSONL/Parquet files, directories or globs")
     files: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
@@ -53,7 +54,7 @@ def corpus_files(patterns: Sequence[str]) -> list[Path]:
         else:
             found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         if not found:
-            raise NLTError(f"data.corpus: '{pattern}' matches no {'/'.join(SUFFIXES)} file")
+            raise NLTError(f"{setting}: '{pattern}' matches no {'/'.join(SUFFIXES)} file")
         files.extend(found)
     for path in files:
         if path.suffix not in SUFFIXES:

@@ -2,8 +2,10 @@
 one pretrained model (TinyLlama). With `base.pretrain`, the run pretrains its own on a base corpus
 that holds no problem of the bootstrap corpus or the eval set, once, and caches it under a hash of
 everything the weights depend on (tokenizer, data, model, training settings, seed), so runs and
-seeds with equal inputs share it.
+seeds with equal inputs share it. A user's own base (training.init_from) keeps its tokenizer; one
+without the latent-thought tokens is extended once into the run.
 
+    run_dir/tokenizer/, extended.json       a user's tokenizer with the four tokens, and where it came from
     run_dir/base/corpus/, base/data/        the base corpus, prepared and written as raw data
     run_dir/base/base.json                  which cached model this run starts from
     base.cache_dir/<hash>/hf/               the base model (a `nlt train` output directory)
@@ -15,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -22,22 +26,53 @@ from typing import Optional
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.em.plan import DONE, MANIFEST
+from nemo_latent_thoughts.errors import NLTError
 
 log = logging.getLogger(__name__)
 
 BASE_SEED = 2_000_003  # the generated base corpus uses synthetic.seed + this: never the corpus's seed
 POINTER = "base.json"
+EXTENDED = "extended.json"
 
 
 def write_synthetic_base_corpus(cfg: Config, exclude: set[tuple]) -> list[str]:
-    """Generate `base.corpus` (unless it exists) from the corpus's process; returns its texts."""
+    """Generate `base.corpus`'s first file (unless it exists) from the corpus's process; returns its texts."""
     b = cfg.base
-    if not Path(b.corpus).exists():
+    if not Path(b.corpus[0]).exists():
         s = replace(cfg.synthetic, num_docs=b.synthetic_docs, seed=cfg.synthetic.seed + BASE_SEED)
         docs = (testing.generate_skills_corpus(s, exclude) if b.style == "skills" else
                 testing.generate_corpus(s, working_fraction=b.working_fraction, exclude=exclude))
-        fileio.write_jsonl(b.corpus, docs)
-    return [json.loads(line)[cfg.data.text_field] for line in open(b.corpus, encoding="utf-8")]
+        fileio.write_jsonl(b.corpus[0], docs)
+    return [json.loads(line)[cfg.data.text_field] for line in open(b.corpus[0], encoding="utf-8")]
+
+
+def run_tokenizer(cfg: Config) -> Config:
+    """`cfg` with the run's tokenizer: tokenizer.path itself when it has the latent-thought tokens (the
+    synthetic corpus's is trained with them), else that tokenizer extended once into run_dir/tokenizer,
+    its origin recorded in run_dir/tokenizer/EXTENDED (M-steps grow the embeddings to match)."""
+    from nemo_latent_thoughts.tokens import SPECIAL_TOKENS, extend_tokenizer, load_tokenizer
+
+    source, target = Path(cfg.tokenizer.path).absolute(), Path(cfg.run_dir).absolute() / "tokenizer"
+    if cfg.synthetic.enabled or source == target:
+        return cfg
+    run_cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=str(target)))
+    if (target / EXTENDED).exists():
+        made_from = json.loads((target / EXTENDED).read_text())["source"]
+        if made_from != str(source):
+            raise NLTError(f"{target} was extended from tokenizer '{made_from}', not '{source}'; use a new run_dir "
+                           "for another tokenizer")
+        return run_cfg
+    tokenizer = load_tokenizer(source, check=False)
+    added = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if not added:
+        return cfg
+    extend_tokenizer(tokenizer)
+    temp = Path(tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=target.parent))
+    tokenizer.save_pretrained(str(temp))
+    fileio.write_json(temp / EXTENDED, {"source": str(source), "added": added, "size": len(tokenizer)})
+    os.replace(temp, target)
+    log.info("em: tokenizer '%s' extended with %s into %s", source, ", ".join(added), target)
+    return run_cfg
 
 
 def base_model(cfg: Config) -> Optional[str]:
@@ -63,7 +98,7 @@ def pretrain_base(cfg: Config, out: Path) -> None:
     b = cfg.base
     data = out / "data"
     base_cfg = replace(cfg, seed=b.seed,
-                       data=replace(cfg.data, corpus=[b.corpus], chunks_dir=str(out / "corpus")),
+                       data=replace(cfg.data, corpus=b.corpus, chunks_dir=str(out / "corpus")),
                        write=replace(cfg.write, latents=[], out_dir=str(data), model="", round=0))
     if not (out / "corpus" / MANIFEST).exists():
         prepare(base_cfg)

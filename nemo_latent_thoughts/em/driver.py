@@ -19,7 +19,7 @@ from typing import Optional
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, locks, testing
 from nemo_latent_thoughts.config import Config, DataSource
-from nemo_latent_thoughts.em.base import base_model, pretrain_base, write_synthetic_base_corpus
+from nemo_latent_thoughts.em.base import base_model, pretrain_base, run_tokenizer, write_synthetic_base_corpus
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
                                           round_latents)
 from nemo_latent_thoughts.errors import NLTError
@@ -43,10 +43,11 @@ def setup(cfg: Config) -> None:
         texts = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
         seen = set().union(*map(testing.problem_keys, texts))
         if cfg.warmstart.corpus:  # round 0's own corpus: no problem of the bootstrap corpus
-            if not Path(cfg.warmstart.corpus).exists():
+            warm_corpus = cfg.warmstart.corpus[0]
+            if not Path(warm_corpus).exists():
                 warm = replace(s, num_docs=cfg.warmstart.synthetic_docs, seed=s.seed + WARMSTART_SEED)
-                fileio.write_jsonl(cfg.warmstart.corpus, testing.generate_corpus(warm, exclude=seen))
-            warm_texts = [json.loads(line)["text"] for line in open(cfg.warmstart.corpus, encoding="utf-8")]
+                fileio.write_jsonl(warm_corpus, testing.generate_corpus(warm, exclude=seen))
+            warm_texts = [json.loads(line)["text"] for line in open(warm_corpus, encoding="utf-8")]
             texts += warm_texts
             seen |= set().union(*map(testing.problem_keys, warm_texts))
         eval_dir = run / "eval_data"
@@ -60,7 +61,7 @@ def setup(cfg: Config) -> None:
             texts += write_synthetic_base_corpus(cfg, exclude=seen)
         if not Path(cfg.tokenizer.path).exists():
             testing.train_tokenizer(texts, cfg.tokenizer.path, cfg.tokenizer.vocab_size)
-    fileio.write_json(run / "setup.json", {"synthetic": s.enabled})
+    fileio.write_json(run / "setup.json", {"synthetic": s.enabled, "tokenizer": cfg.tokenizer.path})
 
 
 def round_training(cfg: Config, stage: Stage) -> Config:
@@ -92,7 +93,7 @@ def run_stage(cfg: Config, stage: Stage) -> None:
     if stage.kind == "setup":
         setup(cfg)
     elif stage.kind == "prepare":  # the bootstrap corpus, or round 0's own
-        corpus = [cfg.warmstart.corpus] if r == 0 else cfg.data.corpus
+        corpus = cfg.warmstart.corpus if r == 0 else cfg.data.corpus
         prepare(replace(cfg, data=replace(cfg.data, corpus=corpus, chunks_dir=str(stage.out))))
     elif stage.kind == "raw_data":
         write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, r)),
@@ -159,7 +160,7 @@ def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool =
                         run, ", ".join(changed))
         locks.remove_stale_temps(run)
         config_lib.save_config(cfg, run)
-        _run_stages(cfg, run, until)
+        _run_stages(run_tokenizer(cfg), run, until)
     return run
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
-from nemo_latent_thoughts.data.corpus import CorpusReader
+from nemo_latent_thoughts.data.corpus import CorpusReader, corpus_files
 from nemo_latent_thoughts.data.prepare import chunk_records
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.eval.data import EvalItem, load_items
@@ -62,11 +62,9 @@ def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
     """The first `eval.elbo_chunks` chunks of `eval.elbo_corpus`, read and chunked like the training corpus."""
     from nemo_latent_thoughts.estep import chunk_inputs
 
-    path = Path(cfg.eval.elbo_corpus)
-    if not path.is_file():
-        raise NLTError(f"eval.elbo_corpus: {path} is not a file; point it at held-out JSONL or Parquet documents")
     records: list[dict] = []
-    for doc in CorpusReader([path], cfg.data.text_field, cfg.data.id_field):
+    for doc in CorpusReader(corpus_files(cfg.eval.elbo_corpus, "eval.elbo_corpus"), cfg.data.text_field,
+                            cfg.data.id_field):
         if len(records) >= cfg.eval.elbo_chunks:
             break
         records += chunk_records(doc, cfg.data, cfg.seed)
