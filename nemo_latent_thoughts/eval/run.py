@@ -25,7 +25,6 @@ from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.corpus import CorpusReader, corpus_files
 from nemo_latent_thoughts.data.prepare import chunk_records
-from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.eval.data import EvalItem, load_items
 from nemo_latent_thoughts.eval.grade import has_answer, is_correct
 from nemo_latent_thoughts.eval.prompts import STOP_TEXT, answer_text, prompt_ids
