@@ -55,14 +55,20 @@ def byo_overrides(home: Path, model: Path, url: str) -> list[str]:
             "eval.max_examples=4", "eval.max_new_tokens=8", "eval.max_prompt_tokens=120", "eval.elbo_chunks=2"]
 
 
-def test_a_plain_hf_model_and_a_jsonl_corpus_run_to_the_report_with_overrides_only(gsm8k, plain_model, tmp_path):
+def run_byo(home: Path, model: Path, run: Path) -> list[str]:
+    """`nlt em run` of the bring-your-own overrides against a local OpenAI-compatible teacher; returns them."""
     server = FakeServer(Behaviour())
     try:
-        run = tmp_path / "run"
-        overrides = byo_overrides(gsm8k, plain_model, server.start())
+        overrides = byo_overrides(home, model, server.start())
         assert main(["em", "run", f"run_dir={run}", *overrides]) == 0
     finally:
         server.stop()
+    return overrides
+
+
+def test_a_plain_hf_model_and_a_jsonl_corpus_run_to_the_report_with_overrides_only(gsm8k, plain_model, tmp_path):
+    run = tmp_path / "run"
+    overrides = run_byo(gsm8k, plain_model, run)
     from transformers import AutoTokenizer
 
     plain, extended = (AutoTokenizer.from_pretrained(str(d)) for d in (plain_model, run / "tokenizer"))
@@ -116,3 +122,14 @@ def test_the_paper_recipe_dry_runs_its_m_step_on_a_gpu_cluster(tmp_path, capsys,
     script = capsys.readouterr().out
     assert "#SBATCH --nodes=2" in script and "--container-image nvcr.io/nvidia/nemo" in script
     assert f"nemo_latent_thoughts.cli mstep-nemo {PAPER} --nodes 2 --gpus 8" in script
+
+
+@pytest.mark.slow
+def test_smollm2_as_a_plain_base_runs_one_em_round_and_a_baseline_to_the_report(gsm8k, smollm2_dir, tmp_path):
+    run = tmp_path / "run"
+    run_byo(gsm8k, smollm2_dir, run)
+    report = (run / "report.md").read_text()
+    assert f"base model `{smollm2_dir}` (LlamaForCausalLM, 30 layers, width 576; training.init_from)" in report
+    assert json.loads((run / "tokenizer" / "extended.json").read_text())["size"] == 49152 + 4
+    done = json.loads((run / "round_01" / "mstep" / "done.json").read_text())
+    assert done["init_from"] == str(smollm2_dir) and done["steps"] == 4
