@@ -71,6 +71,11 @@ def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, c
     for name in ("round 0", "round 1", "round 2", "baseline raw_tokens", "baseline flops"):
         assert f"| {name} |" in report
     assert "model preset `tiny` from random initialisation" in report
+    header = next(line for line in report.splitlines() if line.startswith("| model |")).split(" | ")
+    assert header[1:5] == ["flexible (plain)", "flexible (latent)", "strict (plain)", "strict (latent)"]
+    summary = json.loads((run / "round_02" / "eval" / "summary.json").read_text())["files"]["test"]["latent"]
+    row = next(line for line in report.splitlines() if line.startswith("| round 2 |")).split(" | ")
+    assert row[4] == f"{summary['strict_accuracy_mean']:.3f} ± {summary['strict_accuracy_std']:.3f}"
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert main(["em", "status", str(run)]) == 0

@@ -8,7 +8,7 @@ import pytest
 from nemo_latent_thoughts import fileio, testing
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.eval.data import EvalItem, last_boxed, load_items
-from nemo_latent_thoughts.eval.grade import is_correct
+from nemo_latent_thoughts.eval.grade import is_correct, is_strict_correct
 from nemo_latent_thoughts.eval.prompts import answer_text, prompt_ids
 from nemo_latent_thoughts.eval.run import run_eval
 from nemo_latent_thoughts.tokens import latent_token_ids
@@ -73,6 +73,20 @@ def test_grading_with_math_verify(tmp_path):
     assert is_correct(math[1], "$\\boxed{\\sqrt{8}}$") and not is_correct(math[1], "")
 
 
+def test_strict_grading_takes_only_the_templates_own_answer_form(tmp_path):
+    gsm, math = items(tmp_path, "gsm", GSM8K), items(tmp_path, "math", MATH)
+    never_answers = "Take 3 and 4, then 7."  # lm-eval's flexible-extract counts it; strict-match does not
+    assert is_correct(gsm[0], never_answers) and not is_strict_correct(gsm[0], never_answers, "qa")
+    assert is_strict_correct(gsm[0], "3 plus 4 is 7. The answer is 7.", "qa")
+    assert is_strict_correct(gsm[1], "The answer is 1,000.", "qa")
+    assert not is_strict_correct(gsm[0], "The answer is 7", "qa")  # gsm8k_cot's regex needs the full stop
+    assert not is_strict_correct(gsm[0], "The answer is 8.", "qa")
+    assert is_strict_correct(math[0], "so $\\boxed{\\frac12}$ it is", "qa")  # the last \\boxed{}
+    assert is_strict_correct(math[0], "The answer is 0.5.", "qa") and not is_strict_correct(math[0], "It is 0.5", "qa")
+    assert is_strict_correct(gsm[0], "7", "statement") and is_strict_correct(gsm[0], "Then a + b = 7", "statement")
+    assert not is_strict_correct(gsm[0], "7 apples", "statement") and is_correct(gsm[0], "7 apples")
+
+
 def test_prompts_in_plain_and_latent_mode(tokenizer):
     ids = latent_token_ids(tokenizer)
     shot = EvalItem("Let a = 2. What is a*a?", "a*a = 2*2 = 4.", "4", "gsm8k", "x:1")
@@ -131,6 +145,7 @@ def test_nlt_eval_on_a_trained_model(written_run, trained_model, tmp_path):
         for seed in (0, 1):
             lines = [json.loads(x) for x in (out / f"predictions_test_{mode}_seed{seed}.jsonl").open()]
             assert len(lines) == 6 and test[mode]["per_seed"][str(seed)] == sum(x["correct"] for x in lines) / 6
+            assert test[mode]["strict_per_seed"][str(seed)] == sum(x["strict_correct"] for x in lines) / 6
             for x in lines:  # graded on the thought exactly when no answer was stated
                 assert x["thought_correct"] == (bool(x["thought"]) and is_correct(
                     EvalItem(question=x["question"], solution="", answer=x["gold"], kind="gsm8k", where=x["where"]), x["thought"].split("Question:")[0]))

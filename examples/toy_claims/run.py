@@ -20,7 +20,8 @@ corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
   claim2_k8   lever for claim 2 (RESULTS.md): claim2 with K = 8
 Each experiment runs one run directory per seed (resumable: rerun the same command).
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
-the raw-data baselines. Writes OUT/results.json, OUT/per_seed.json, OUT/results.md (mean ± std over seeds per model,
+the raw-data baselines; `accuracy` is the flexible extraction, `accuracy_strict` the strict one
+(eval/grade.py), and the claims are judged on the flexible form as before. Writes OUT/results.json, OUT/per_seed.json, OUT/results.md (mean ± std over seeds per model,
 then each claim's comparison and whether it held) and OUT/claims.png.
 """
 
@@ -61,9 +62,12 @@ def metrics(run_dir: Path) -> dict[str, dict[str, float | None]]:
     out = {}
     for row in results["rounds"] + results["baselines"]:
         heldout = (row["eval"] or {}).get("heldout") or {}
-        by_mode = {m: (accuracy(row["eval"], m) or (None,))[0] for m in results["cfg"].eval.modes}
-        out[row["name"]] = {"accuracy": by_mode.get("plain" if row["round"] is None else "latent"),
-                            **{f"accuracy_{m}": v for m, v in by_mode.items()},
+        own = "plain" if row["round"] is None else "latent"
+        by_mode = {(m, form): (accuracy(row["eval"], m, form) or (None,))[0] for m in results["cfg"].eval.modes
+                   for form in ("flexible", "strict")}
+        out[row["name"]] = {"accuracy": by_mode.get((own, "flexible")), "accuracy_strict": by_mode.get((own, "strict")),
+                            **{f"accuracy_{m}" + ("" if form == "flexible" else "_strict"): v
+                               for (m, form), v in by_mode.items()},
                             "thought_accuracy": _thought_accuracy(row["eval"]),
                             "heldout_elbo": heldout.get("elbo_per_raw_token"),
                             "heldout_logp": heldout.get("logp_per_raw_token"),

@@ -6,6 +6,7 @@ timings.json); nothing is computed twice or typed in.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -15,19 +16,21 @@ from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.em.plan import DONE, MANIFEST, SUMMARY, baseline_dir, baseline_raw_data, round_dir
 from nemo_latent_thoughts.errors import NLTError
 
+FORMS = ("flexible", "strict")  # answer extraction (eval/grade.py)
+
 
 def _read(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def accuracy(summary: Optional[dict], mode: str) -> Optional[tuple[float, float]]:
-    """Mean and std of accuracy in `mode`, averaged over the evaluation files."""
-    if not summary:
-        return None
-    files = [f[mode] for f in summary["files"].values() if mode in f]
+def accuracy(summary: Optional[dict], mode: str, form: str = "flexible") -> Optional[tuple[float, float]]:
+    """Mean and std of accuracy in `mode`, flexible or strict (`eval/grade.py`), averaged over the
+    evaluation files; None where the summary lacks it (strict: evaluations before it existed)."""
+    key = "accuracy" if form == "flexible" else "strict_accuracy"
+    files = [f[mode] for f in (summary or {}).get("files", {}).values() if f"{key}_mean" in f.get(mode, {})]
     if not files:
         return None
-    return (sum(f["accuracy_mean"] for f in files) / len(files), sum(f["accuracy_std"] for f in files) / len(files))
+    return (sum(f[f"{key}_mean"] for f in files) / len(files), sum(f[f"{key}_std"] for f in files) / len(files))
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def _row_metrics(row: dict, modes: list[str]) -> list[str]:
     e = (row["estep"] or {}).get("metrics", {})
     heldout = (row["eval"] or {}).get("heldout") or {}
     train = (row["data"] or {}).get("splits", {}).get("train", {})
-    return [row["name"], *[_fmt(accuracy(row["eval"], m)) for m in modes],
+    return [row["name"], *[_fmt(accuracy(row["eval"], m, form)) for form in FORMS for m in modes],
             _fmt(heldout.get("elbo_per_raw_token")), _fmt(heldout.get("logp_per_raw_token")),
             _fmt(e.get("elbo_per_raw_token")), _fmt(e.get("mean_ess"), 2), _fmt(e.get("rejected_share")),
             _fmt(e.get("truncated_share")),
@@ -98,17 +101,19 @@ def plot(results: dict, path: Path) -> None:
     xs = [r["round"] for r in rounds]
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
     ax = axes[0, 0]
-    for mode, color in zip(modes, ("tab:blue", "tab:orange")):
-        acc = [accuracy(r["eval"], mode) for r in rounds]
+    for (mode, color), (form, marker) in itertools.product(zip(modes, ("tab:blue", "tab:orange")),
+                                                          zip(FORMS, ("o", "s"))):
+        acc = [accuracy(r["eval"], mode, form) for r in rounds]
         pts = [(x, a) for x, a in zip(xs, acc) if a]
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], marker="o", capsize=3,
-                        color=color, label=f"EM ({mode})")
+            ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], marker=marker,
+                        capsize=3, color=color, alpha=1.0 if form == "flexible" else 0.6, label=f"EM ({mode}, {form})")
         for b, style in zip(results["baselines"], ("--", ":", "-.")):
-            a = accuracy(b["eval"], mode)
+            a = accuracy(b["eval"], mode, form)
             if a:
-                ax.axhline(a[0], linestyle=style, color=color, alpha=0.7, label=f"{b['name']} ({mode})")
-    ax.set(title="accuracy", xlabel="round")
+                ax.axhline(a[0], linestyle=style, color=color, alpha=0.7 if form == "flexible" else 0.35,
+                           label=f"{b['name']} ({mode}, {form})")
+    ax.set(title="accuracy (flexible o, strict s)", xlabel="round")
     ax.legend(fontsize=7)
     series = [("held-out ELBO / raw token", lambda r: ((r["eval"] or {}).get("heldout") or {}).get("elbo_per_raw_token")),
               ("E-step ELBO / raw token", lambda r: (r["estep"] or {}).get("metrics", {}).get("elbo_per_raw_token")),
@@ -140,14 +145,16 @@ def write_report(run_dir: str | Path) -> Path:
         raise NLTError(f"{run_dir}: no config.yaml; not an EM run directory")
     results = collect(run_dir)
     cfg, modes = results["cfg"], results["cfg"].eval.modes
-    header = ["model", *[f"accuracy ({m})" for m in modes], "held-out ELBO/tok", "held-out log p/tok",
+    header = ["model", *[f"{form} ({m})" for form in FORMS for m in modes], "held-out ELBO/tok", "held-out log p/tok",
               "E-step ELBO/tok", "ESS", "rejected", "truncated", "latent len", "raw tokens", "latent tokens", "trained tokens",
               "valid loss"]
     lines = [f"# EM run report: {run_dir.name}", "",
              f"{cfg.em.num_rounds} EM rounds after the warm start; K = {cfg.estep.num_samples}; "
              f"{describe_base(cfg)}; seed {cfg.seed}. Accuracy is the mean ± std over eval seeds {cfg.eval.seeds} "
-             f"(few-shot exemplars drawn per seed), averaged over the eval files. Baselines train on raw data by the "
-             f"same recipe: raw_tokens sees as many raw tokens as the final round's model, flops as many tokens in all.",
+             f"(few-shot exemplars drawn per seed), averaged over the eval files, in two forms as "
+             f"lm-evaluation-harness reports GSM8K: flexible (the last answer found in the text, or in the thought "
+             f"when the model answered only there) and strict (only an answer stated in the template's own form)."
+             f" Baselines train on raw data by the same recipe: raw_tokens sees as many raw tokens as the final round's model, flops as many tokens in all.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["rounds"] + results["baselines"]:
         lines.append("| " + " | ".join(_row_metrics(row, modes)) + " |")

@@ -1,10 +1,11 @@
 """`nlt eval`: few-shot CoT accuracy (plain and latent mode, several seeds) and held-out ELBO.
 
 Output in `eval.out_dir`: `predictions_FILE_MODE_seedN.jsonl` (one line per question: thought,
-answer text, what was graded, correct), each written atomically and skipped on a rerun. In latent
-mode the answer after EOL is graded, or the thought when the model answered only there.
-then `summary.json` (accuracy mean and spread over seeds per file and mode, skipped records,
-held-out ELBO per raw token and raw log-likelihood per token) written last.
+answer text, what was graded, correct under flexible and strict extraction, `eval/grade.py`), each
+written atomically and skipped on a rerun. Flexible grading takes the answer after EOL in latent
+mode, or the thought when the model answered only there; strict grading only the answer, in the
+template's own form. Then `summary.json` (accuracy mean and spread over seeds per file and mode in
+both forms, skipped records, held-out ELBO per raw token and raw log-likelihood per token) written last.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.corpus import CorpusReader, corpus_files
 from nemo_latent_thoughts.data.prepare import chunk_records
 from nemo_latent_thoughts.eval.data import EvalItem, load_items
-from nemo_latent_thoughts.eval.grade import has_answer, is_correct
+from nemo_latent_thoughts.eval.grade import has_answer, is_correct, is_strict_correct
 from nemo_latent_thoughts.eval.prompts import STOP_TEXT, answer_text, prompt_ids
 from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
@@ -55,6 +56,12 @@ def generate(model, tokenizer, batch: list[list[int]], max_new_tokens: int, stop
 
 def _accuracy_part(path: Path, key: str = "correct") -> list[bool]:
     return [bool(json.loads(line).get(key)) for line in path.open(encoding="utf-8")]
+
+
+def _strict_part(path: Path, items: list[EvalItem], template: str) -> list[bool]:
+    """Strict grades of a predictions file, from its predictions (files written before strict grading too)."""
+    return [is_strict_correct(item, json.loads(line)["prediction"], template)
+            for item, line in zip(items, path.open(encoding="utf-8"))]
 
 
 def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
@@ -119,20 +126,23 @@ def run_eval(cfg: Config) -> Path:
         name = Path(path).stem
         report = summary["files"][name] = {"path": str(path), "examples": len(items), "skipped": skipped}
         for mode in e.modes:
-            per_seed, thoughts = [], []
+            per_seed, strict, thoughts = [], [], []
             for seed in e.seeds:
                 part = out / f"predictions_{name}_{mode}_seed{seed}.jsonl"
                 if not part.exists():
                     shots = random.Random(seed).sample(pool, min(e.num_shots, len(pool)))
                     _evaluate(model, tokenizer, ids, shots, items, mode, part, cfg)
                 per_seed.append(float(np.mean(_accuracy_part(part))) if items else 0.0)
+                strict.append(float(np.mean(_strict_part(part, items, e.template))) if items else 0.0)
                 thoughts.append(float(np.mean(_accuracy_part(part, "thought_correct"))) if items else 0.0)
             report[mode] = {"accuracy_mean": float(np.mean(per_seed)), "accuracy_std": float(np.std(per_seed)),
-                            "per_seed": dict(zip(map(str, e.seeds), per_seed))}
+                            "per_seed": dict(zip(map(str, e.seeds), per_seed)),
+                            "strict_accuracy_mean": float(np.mean(strict)), "strict_accuracy_std": float(np.std(strict)),
+                            "strict_per_seed": dict(zip(map(str, e.seeds), strict))}
             if mode == "latent":  # a diagnostic: the thought's own final value, whatever the stated answer
                 report[mode]["thought_accuracy_mean"] = float(np.mean(thoughts))
-            log.info("eval: %s %s accuracy %.3f +- %.3f over %d seeds", name, mode, np.mean(per_seed),
-                     np.std(per_seed), len(per_seed))
+            log.info("eval: %s %s accuracy %.3f +- %.3f flexible, %.3f +- %.3f strict over %d seeds", name, mode,
+                     np.mean(per_seed), np.std(per_seed), np.mean(strict), np.std(strict), len(per_seed))
     del model
     summary["heldout"] = heldout_likelihood(cfg, tokenizer) if e.elbo_corpus and e.elbo_chunks else None
     fileio.write_json(out / SUMMARY, summary)
@@ -156,7 +166,8 @@ def _evaluate(model, tokenizer, ids, shots: list[EvalItem], items: list[EvalItem
         thought_correct = bool(thought) and is_correct(item, thought.split(STOP_TEXT[e.template])[0])
         records.append({"where": item.where, "question": item.question, "gold": item.answer, "thought": thought,
                         "prediction": answer, "graded_on": graded_on, "thought_correct": thought_correct,
-                        "correct": is_correct(item, answer) if graded_on == "answer" else thought_correct})
+                        "correct": is_correct(item, answer) if graded_on == "answer" else thought_correct,
+                        "strict_correct": is_strict_correct(item, answer, e.template)})
     fileio.write_jsonl(part, records)
 
 
