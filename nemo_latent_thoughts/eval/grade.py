@@ -32,7 +32,7 @@ def is_correct(item: EvalItem, answer_text: str) -> bool:
     return bool(predicted) and verify(gold(item), predicted)
 
 
-STRICT_GSM8K = re.compile(r"The answer is (\-?[0-9\.\,]+)\.")  # lm-eval gsm8k_cot's strict-match
+STRICT_GSM8K = re.compile(r"The answer is (\-?[0-9\.\,]+)\.")  # gsm8k_cot's strict-match, its full stop a full stop
 STRICT_MATH = re.compile(r"The answer is (.+?)\.?\s*$", re.MULTILINE)
 STRICT_STATEMENT = re.compile(r"(?:\A|=)\s*(-?[0-9][0-9,]*)\s*\Z")
 
