@@ -71,6 +71,11 @@ def _cmd_em_plan(args, cfg) -> None:
 
 
 def _cmd_eval(args, cfg) -> None:
+    if args.harness:
+        from nemo_latent_thoughts.eval.harness import run_harness
+
+        print(f"lm-evaluation-harness results are in {run_harness(cfg, args.harness)}")
+        return
     from nemo_latent_thoughts.eval.run import run_eval
 
     print(f"evaluation results are in {run_eval(cfg)}")
@@ -229,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     estep = _add(sub, "estep", _cmd_estep, "sample, score and resample K latents per chunk (estep.*)")
     estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
     estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")
-    _add(sub, "eval", _cmd_eval, "few-shot CoT accuracy (plain and latent mode) and held-out ELBO (eval.*)")
+    evaluate = _add(sub, "eval", _cmd_eval, "few-shot CoT accuracy (plain and latent mode) and held-out ELBO (eval.*)")
+    evaluate.add_argument("--harness", metavar="TASK", help="instead, run lm-evaluation-harness task TASK (gsm8k_cot) "
+                          "offline on eval.model over eval.data's files (pip install lm-eval)")
     em = sub.add_parser("em", help="the EM driver: run or inspect a whole EM run",
                         description="the EM driver: run or inspect a whole EM run")
     em_sub = em.add_subparsers(dest="em_command", required=True, metavar="EM_COMMAND")

