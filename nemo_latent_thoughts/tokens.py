@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from nemo_latent_thoughts.errors import NLTError
+
+log = logging.getLogger(__name__)
 
 SOL = "<|START_OF_LATENT|>"
 EOL = "<|END_OF_LATENT|>"
@@ -68,14 +71,21 @@ def encode_raw(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def load_tokenizer(path: str | Path, check: bool = True):
-    """Load a Hugging Face tokenizer directory offline and (with `check`) check it has the special tokens."""
+def load_tokenizer(path: str | Path, extend: bool = True):
+    """Load a Hugging Face tokenizer directory offline; one that lacks the special tokens (a plain
+    model's) gets them in memory unless not `extend`: appended in SPECIAL_TOKENS order, so every
+    stage that loads the same directory agrees on their ids (`nlt init-base` writes such a copy)."""
     from transformers import AutoTokenizer
 
     if not Path(path, "tokenizer_config.json").is_file():
         raise NLTError(f"tokenizer '{path}' not found (no tokenizer_config.json there); set "
                        "tokenizer.path to a Hugging Face tokenizer directory")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if check:
-        latent_token_ids(tokenizer)
+    if not extend:
+        return tokenizer
+    if extend_tokenizer(tokenizer):
+        log.info("tokenizer '%s' lacks the latent-thought tokens: added in memory as ids %d-%d "
+                 "(`nlt init-base` writes an extended copy)", path, len(tokenizer) - len(SPECIAL_TOKENS),
+                 len(tokenizer) - 1)
+    latent_token_ids(tokenizer)  # BOS and EOS
     return tokenizer

@@ -133,3 +133,22 @@ def test_smollm2_as_a_plain_base_runs_one_em_round_and_a_baseline_to_the_report(
     assert json.loads((run / "tokenizer" / "extended.json").read_text())["size"] == 49152 + 4
     done = json.loads((run / "round_01" / "mstep" / "done.json").read_text())
     assert done["init_from"] == str(smollm2_dir) and done["steps"] == 4
+
+
+def test_the_stage_commands_take_a_plain_base_and_tokenizer_too(gsm8k, plain_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    common = [f"run_dir={tmp_path}", "synthetic.enabled=false", f"data.corpus=[{gsm8k / 'corpus.jsonl'}]",
+              f"tokenizer.path={plain_model}"]
+    assert main(["prepare", *common]) == 0
+    assert main(["write", *common, "write.latents=[]"]) == 0
+    assert main(["train", *common, f"training.init_from={plain_model}", "training.max_steps=2",
+                 "training.seq_length=128", "training.save_every=2", "training.valid_data=[]"]) == 0
+    exported = AutoTokenizer.from_pretrained(str(tmp_path / "mstep" / "hf"))
+    plain = AutoTokenizer.from_pretrained(str(plain_model))
+    assert [exported.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(plain), len(plain) + 4))
+    for model in (plain_model, tmp_path / "mstep" / "hf"):  # the plain base itself too, in both modes
+        assert main(["eval", *common, f"eval.model={model}", f"eval.out_dir={tmp_path / 'eval' / model.name}",
+                     f"eval.data=[{gsm8k / 'test.jsonl'}]", f"eval.shots={gsm8k / 'shots.jsonl'}", "eval.seeds=[0]",
+                     "eval.max_examples=2", "eval.max_new_tokens=4", "eval.max_prompt_tokens=100",
+                     "eval.elbo_corpus=[]"]) == 0

@@ -62,7 +62,7 @@ def run_tokenizer(cfg: Config) -> Config:
             raise NLTError(f"{target} was extended from tokenizer '{made_from}', not '{source}'; use a new run_dir "
                            "for another tokenizer")
         return run_cfg
-    tokenizer = load_tokenizer(source, check=False)
+    tokenizer = load_tokenizer(source, extend=False)
     added = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
     if not added:
         return cfg

@@ -117,6 +117,8 @@ def run_eval(cfg: Config) -> Path:
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     ids = latent_token_ids(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(e.model, local_files_only=True, torch_dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):  # a plain base: rows for the new tokens
+        model.resize_token_embeddings(len(tokenizer))
     model = model.to(e.device).eval()
     pool = load_items(e.shots, e.on_bad_record)[0] if e.shots and e.num_shots else []
     summary: dict = {"model": e.model, "files": {}}
