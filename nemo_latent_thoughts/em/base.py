@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -67,10 +65,9 @@ def run_tokenizer(cfg: Config) -> Config:
     if not added:
         return cfg
     extend_tokenizer(tokenizer)
-    temp = Path(tempfile.mkdtemp(prefix=".tmp-tokenizer-", dir=target.parent))
-    tokenizer.save_pretrained(str(temp))
-    fileio.write_json(temp / EXTENDED, {"source": str(source), "added": added, "size": len(tokenizer)})
-    os.replace(temp, target)
+    with fileio.atomic_path(target) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        fileio.write_json(tmp / EXTENDED, {"source": str(source), "added": added, "size": len(tokenizer)})
     log.info("em: tokenizer '%s' extended with %s into %s", source, ", ".join(added), target)
     return run_cfg
 
