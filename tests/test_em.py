@@ -329,3 +329,17 @@ def test_a_changed_recipe_is_refused_naming_the_keys_unless_allowed(tmp_path, ca
     assert main([*args, "estep.batch_size=7", "data.workers=2", "--until", "prepare"]) == 0  # speed only
     assert main([*args, "training.lr=1e-3", "--until", "prepare", "--allow-config-change"]) == 0
     assert "lr: 0.001" in (run / "config.yaml").read_text()
+
+
+def test_a_run_saved_before_a_key_existed_continues_when_the_key_keeps_its_default(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run"
+    args = ["em", "run", f"run_dir={run}", *TINY]
+    assert main([*args, "--until", "prepare"]) == 0
+    older = yaml.safe_load((run / "config.yaml").read_text())
+    del older["estep"]["server"], older["estep"]["scorer"]  # as a version before these keys saved it
+    (run / "config.yaml").write_text(yaml.safe_dump(older))
+    assert main([*args, "--until", "prepare"]) == 0
+    assert main([*args, "estep.server.kind=sglang", "--until", "prepare"]) == 2
+    assert "estep.server.kind differ" in capsys.readouterr().err

@@ -79,6 +79,17 @@ def test_estep_dry_run_is_a_16_task_array(planned_round, tmp_path, capsys, monke
 
 
 @pytest.mark.nemo
+def test_estep_with_a_server_per_task_starts_it_in_every_task(planned_round, tmp_path, capsys, monkeypatch):
+    recipe, _ = planned_round
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    assert main(["launch", "estep", str(recipe), "--cluster", str(CLUSTER), "--dryrun", "--server", "vllm",
+                 "-C", f"job_dir={tmp_path / 'nemorun_home'}"]) == 0
+    assert "--shard $SLURM_ARRAY_TASK_ID --num-shards 16 --serve vllm" in capsys.readouterr().out
+    assert main(["launch", "mstep", str(recipe), "--cluster", str(CLUSTER), "--dryrun", "--server", "vllm"]) == 2
+    assert "--server: only the E-step runs against a server" in capsys.readouterr().err
+
+
+@pytest.mark.nemo
 def test_estep_relaunch_holds_only_unfinished_tasks(planned_round, tmp_path, capsys, monkeypatch):
     recipe, _ = planned_round
     script = _dryrun("estep", recipe, tmp_path, capsys, monkeypatch)

@@ -18,27 +18,29 @@ def _runner():
     return module
 
 
-def test_claim_verdicts_follow_the_means_over_seeds():
+def test_claim_verdicts_follow_the_seeds():
     run = _runner()
     seeds = [{"round 0": {"accuracy": 0.30}, "baseline raw_tokens": {"accuracy": 0.10}, "baseline flops": {"accuracy": 0.20}},
-             {"round 0": {"accuracy": 0.20}, "baseline raw_tokens": {"accuracy": 0.12}, "baseline flops": {"accuracy": 0.10}}]
+             {"round 0": {"accuracy": 0.25}, "baseline raw_tokens": {"accuracy": 0.12}, "baseline flops": {"accuracy": 0.10}}]
+    per_seed = {"claim1": dict(enumerate(seeds, start=1))}
     table = run.table(seeds)
-    assert table["round 0"]["accuracy"] == pytest.approx((0.25, 0.05, 2))
-    (claim, values, held), = run.claims({"claim1": table})
-    assert claim.startswith("1:") and held is True  # 0.25 >= 2 * 0.11 and 0.25 > 0.15
-    table["baseline flops"]["accuracy"] = (0.26, 0.0, 2)
-    assert run.claims({"claim1": table})[0][2] is False
+    assert table["round 0"]["accuracy"] == pytest.approx((0.275, 0.025, 2))
+    (claim, values, held), = run.claims({"claim1": table}, per_seed)
+    assert claim.startswith("1:") and "(in 2 of 2)" in claim and held is True  # 2x and above flops in each seed
+    seeds[1]["round 0"]["accuracy"] = 0.23  # 1.9x in seed 2, though 2.4x on the means
+    assert run.claims({"claim1": run.table(seeds)}, per_seed)[0][2] is False
+    assert "(in 1 of 2)" in run.claims({"claim1": run.table(seeds)}, per_seed)[0][0]
     rounds = {f"round {r}": {"accuracy": (a, 0.0, 3), "heldout_elbo": (e, 0.0, 3)}
               for r, (a, e) in enumerate([(0.1, -1.0), (0.2, -0.9), (0.3, -0.8), (0.4, -0.7)])}
     rounds["baseline raw_tokens"] = {"accuracy": (0.15, 0.0, 3)}
     k1 = {"round 1": {"accuracy": (0.15, 0.0, 3), "heldout_elbo": (-0.95, 0.0, 3)}}
-    verdicts = {c.split(":")[0]: held for c, _, held in run.claims({"claim2": rounds, "claim3_k1": k1})}
+    verdicts = {c.split(":")[0]: held for c, _, held in run.claims({"claim2": rounds, "claim3_k1": k1}, {})}
     assert verdicts == {"2": True, "3": True}
     k1["round 1"]["heldout_elbo"] = (-0.5, 0.0, 3)  # K = 1 better on ELBO: claim 3 needs both
-    assert run.claims({"claim2": rounds, "claim3_k1": k1})[1][2] is False
-    assert "did not hold" in run.markdown({"claim2": rounds, "claim3_k1": k1})
+    assert run.claims({"claim2": rounds, "claim3_k1": k1}, {})[1][2] is False
+    assert "did not hold" in run.markdown({"claim2": rounds, "claim3_k1": k1}, {})
     rounds["baseline raw_tokens"] = {"accuracy": (0.25, 0.0, 3)}  # round 1 below the raw baseline
-    assert run.claims({"claim2": rounds})[0][2] is False
+    assert run.claims({"claim2": rounds}, {})[0][2] is False
 
 
 def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
@@ -46,10 +48,10 @@ def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
     curve = {name: {"round 1": {"accuracy": (a, 0.0, 3), "heldout_elbo": (e, 0.0, 3)}}
              for name, a, e in [("claim3_k1", 0.1, -1.0), ("claim3_k2", 0.2, -0.9), ("claim2", 0.3, -0.8),
                                 ("claim3_k8", 0.4, -0.7)]}
-    (claim, values, held), = [c for c in run.claims(curve) if c[0].startswith("3:")]
+    (claim, values, held), = [c for c in run.claims(curve, {}) if c[0].startswith("3:")]
     assert held and "K = 1, 2, 4, 8" in claim and len(values) == 8
     curve["claim3_k8"]["round 1"]["heldout_elbo"] = (-0.85, 0.0, 3)  # K = 8 below K = 4 on ELBO
-    assert not [c for c in run.claims(curve) if c[0].startswith("3:")][0][2]
+    assert not [c for c in run.claims(curve, {}) if c[0].startswith("3:")][0][2]
 
 
 @pytest.mark.slow

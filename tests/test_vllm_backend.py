@@ -3,6 +3,9 @@
 Runs in `make test-vllm`'s venv; elsewhere every test skips."""
 
 import json
+import subprocess
+import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -71,23 +74,66 @@ def test_scores_equal_hf_teacher_forcing(vllm_backend, small_model, tokenizer):
     assert ours == pytest.approx(reference, abs=1e-3)
 
 
-def test_an_estep_on_vllm_is_sharded_like_one_run(written_run, small_model, tmp_path):
-    def cfg(out):
-        c = estep_cfg(written_run, small_model, out, num_samples=2, max_new_tokens=12, max_prompt_tokens=128,
-                      max_context_tokens=64)
-        return replace(c, estep=replace(c.estep, backend="vllm"))
+def vllm_cfg(written_run, small_model, out, **changes):
+    c = estep_cfg(written_run, small_model, out, num_samples=2, max_new_tokens=12, max_prompt_tokens=128,
+                  max_context_tokens=64)
+    return replace(c, estep=replace(c.estep, backend="vllm", **changes))
 
-    whole = run_estep(cfg(tmp_path / "whole"))  # estep.scorer auto: vLLM samples, HFBackend scores on CPU
-    for shard in (0, 1):
-        run_estep(cfg(tmp_path / "sharded"), shard=shard, num_shards=2)
-    assert shard_bytes(tmp_path / "sharded") == shard_bytes(whole)
-    engine = cfg(tmp_path / "engine")
-    run_estep(replace(engine, estep=replace(engine.estep, scorer="engine")))
-    ours, theirs = ([json.loads(line) for line in (d / "shard_00000.jsonl").open()] for d in (whole, tmp_path / "engine"))
-    assert [r["latent_lengths"] for r in ours] == [r["latent_lengths"] for r in theirs]  # the same samples
+
+@pytest.fixture(scope="module")
+def vllm_whole(written_run, small_model, tmp_path_factory):
+    """An E-step on vLLM in process (estep.scorer auto: vLLM samples, HFBackend scores on CPU)."""
+    return run_estep(vllm_cfg(written_run, small_model, tmp_path_factory.mktemp("vllm") / "whole"))
+
+
+def records(out, name="shard_00000.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (out / name).open()]
+
+
+def assert_scored_alike(ours: list[dict], theirs: list[dict]) -> None:
+    """The same samples, their log q and log p within 1e-3 (one scorer against another)."""
+    assert [r["latent_lengths"] for r in ours] == [r["latent_lengths"] for r in theirs]
     logs = [(a, b) for r, t in zip(ours, theirs) for a, b in zip(r["log_q"] + r["log_p"], t["log_q"] + t["log_p"])
             if a is not None]
-    assert logs and all(abs(a - b) < 1e-3 for a, b in logs)  # scored alike by either scorer
+    assert logs and all(abs(a - b) < 1e-3 for a, b in logs)
+
+
+def test_an_estep_on_vllm_is_sharded_like_one_run(written_run, small_model, vllm_whole, tmp_path):
+    for shard in (0, 1):
+        run_estep(vllm_cfg(written_run, small_model, tmp_path / "sharded"), shard=shard, num_shards=2)
+    assert shard_bytes(tmp_path / "sharded") == shard_bytes(vllm_whole)
+    run_estep(vllm_cfg(written_run, small_model, tmp_path / "engine", scorer="engine"))
+    assert_scored_alike(records(vllm_whole), records(tmp_path / "engine"))
+
+
+@pytest.mark.timeout(1800)  # three vLLM server starts, ~30-90 s each on 2 cores
+def test_a_vllm_server_per_shard_samples_as_in_process_scores_as_hf_and_survives_being_killed(
+        written_run, small_model, vllm_whole, tmp_path):
+    """`nlt estep --serve vllm --shard i --num-shards 2`, what each Slurm array task runs: shard 0 with
+    HFBackend scoring (auto on CPU), its server killed after one part and the shard rerun; shard 1 scored
+    by the server's prompt log-probs (estep.scorer=engine)."""
+    from nemo_latent_thoughts.errors import NLTError
+
+    out = tmp_path / "served"
+    cfg = vllm_cfg(written_run, small_model, out)
+    cfg = replace(cfg, estep=replace(cfg.estep, server=replace(cfg.estep.server, max_retries=1, backoff_s=0.0)))
+
+    def kill_the_server_after_the_first_part():
+        while not list(out.glob(".parts/*/part_*.jsonl")):
+            time.sleep(0.1)
+        subprocess.run(["pkill", "-9", "-f", f"vllm.entrypoints.openai.api_server --model {small_model}"])
+
+    threading.Thread(target=kill_the_server_after_the_first_part, daemon=True).start()
+    with pytest.raises(NLTError, match=r"estep\.server: http://127\.0\.0\.1:\d+/v1 stopped answering"):
+        run_estep(cfg, shard=0, num_shards=2, serve="vllm")
+    run_estep(cfg, shard=0, num_shards=2, serve="vllm")
+    run_estep(replace(cfg, estep=replace(cfg.estep, scorer="engine")), shard=1, num_shards=2, serve="vllm")
+    served, whole = shard_bytes(out), shard_bytes(vllm_whole)
+    assert served.keys() == whole.keys()
+    assert all(served[name] == whole[name] for name in list(whole)[0::2])  # shard 0's: byte for byte
+    shard_1 = list(whole)[1::2]
+    assert_scored_alike(*([r for name in shard_1 for r in records(d, name)] for d in (out, vllm_whole)))
+    assert (out / "logs" / "server-0.log").exists() and (out / "logs" / "server-1.log").exists()
 
 
 def test_a_sequence_longer_than_the_models_context_is_a_one_line_error(vllm_backend, tokenizer):

@@ -111,15 +111,18 @@ def unfinished_estep_tasks(cfg: Config, num_tasks: int) -> list[int]:
     return sorted({i % num_tasks for i in range(shards) if not (out / shard_output_name(i)).exists()})
 
 
-def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
-    """Submit the unfinished tasks of the E-step array; None when every shard is done."""
+def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False,
+                 server: Optional[str] = None) -> Optional[Submission]:
+    """Submit the unfinished tasks of the E-step array; None when every shard is done. `server`: each task
+    serves estep.model with that server for its own shards (`nlt estep --serve`)."""
     n = cluster.estep_tasks
     todo = unfinished_estep_tasks(cfg, n)
     if not todo:
         log.info("launch: E-step %s is complete; nothing to submit", cfg.estep.out_dir)
         return None
     array = f"0-{n - 1}" if len(todo) == n else ",".join(map(str, todo))
-    task = _nlt(cluster, "estep", str(recipe), "--shard", "$SLURM_ARRAY_TASK_ID", "--num-shards", str(n))
+    serve = ["--serve", server] if server else []
+    task = _nlt(cluster, "estep", str(recipe), "--shard", "$SLURM_ARRAY_TASK_ID", "--num-shards", str(n), *serve)
     sub = _submit("estep", task, _executor(cluster, cluster.estep, array=array), cluster.job_dir,
                   dryrun)
     log.info("launch: E-step array %s of %d tasks: %s", array, n, "dry run" if dryrun else f"job {sub.job_id}")

@@ -15,10 +15,12 @@ from nemo_latent_thoughts.seeding import stable_seed
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled continuation: its tokens (without the stop token) and whether it stopped."""
+    """One sampled continuation: its tokens (without the stop token) and whether it stopped; `failed`:
+    a server could not be asked for it (no tokens; its chunk stays raw)."""
 
     token_ids: list[int]
     stopped: bool
+    failed: bool = False
 
 
 class Backend(Protocol):

@@ -41,17 +41,23 @@ class HFBackend:
         self.vocab_size = self.model.config.vocab_size
         self.batch_size, self.score_batch_size = batch_size, score_batch_size
 
-    @torch.no_grad()
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
                stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
-        requests = [(i, k) for i in range(len(prompts)) for k in range(num_samples)]
-        requests.sort(key=lambda r: (-len(prompts[r[0]]), r))  # similar lengths share a batch
-        results: dict[tuple[int, int], Sample] = {}
-        for batch in _batches(requests, self.batch_size):
-            samples = self._sample_batch([prompts[i] for i, _ in batch],
-                                         [request_seed(seeds[i], k) for i, k in batch], max_new_tokens, stop_token_id)
+        flat = [(prompt, request_seed(seed, k)) for prompt, seed in zip(prompts, seeds) for k in range(num_samples)]
+        samples = self.generate([p for p, _ in flat], [s for _, s in flat], max_new_tokens, stop_token_id)
+        return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new_tokens: int,
+                 stop_token_id: int) -> list[Sample]:
+        """One continuation of each prompt, drawn with its own request seed (what a server's request gets)."""
+        order = sorted(range(len(prompts)), key=lambda r: (-len(prompts[r]), r))  # similar lengths share a batch
+        results: dict[int, Sample] = {}
+        for batch in _batches(order, self.batch_size):
+            samples = self._sample_batch([prompts[r] for r in batch], [seeds[r] for r in batch], max_new_tokens,
+                                         stop_token_id)
             results.update(zip(batch, samples))
-        return [[results[(i, k)] for k in range(num_samples)] for i in range(len(prompts))]
+        return [results[r] for r in range(len(prompts))]
 
     def _forward(self, ids, mask, positions, cache, keep_last: bool):
         """One model call on the running batch; returns last-position logits or hidden states."""

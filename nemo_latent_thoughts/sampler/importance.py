@@ -43,6 +43,8 @@ class ChunkResult:
     log_q: list[Optional[float]]
     log_w: np.ndarray
     chosen: Optional[int]
+    failed: bool = False
+    """A server could not be asked for the samples (soft-failed: the chunk stays raw)."""
 
     @property
     def latent(self) -> Optional[list[int]]:
@@ -112,5 +114,5 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
             samples=[s.token_ids for s in samples[i]], stopped=[s.stopped for s in samples[i]],
             valid=[valid(s.token_ids) for s in samples[i]],
             log_p=[log_p.get(key) for key in keys], log_q=[log_q.get(key) for key in keys],
-            log_w=log_w, chosen=chosen))
+            log_w=log_w, chosen=chosen, failed=any(s.failed for s in samples[i])))
     return results

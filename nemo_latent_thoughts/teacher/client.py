@@ -1,4 +1,4 @@
-"""An asynchronous client for OpenAI-compatible chat-completions servers, with retries.
+"""An asynchronous client for OpenAI-compatible servers (chat completions, completions), with retries.
 
 Retries 408/409/429/5xx answers, timeouts, broken connections, truncated bodies and malformed JSON,
 with exponential backoff and jitter, honouring `Retry-After` (or `retry-after-ms`). 401/403/404
@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import aiohttp
 
@@ -25,8 +25,8 @@ from nemo_latent_thoughts.errors import NLTError
 log = logging.getLogger(__name__)
 
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
-FATAL = {401: "check the key in teacher.api_key_env", 403: "check the key's permissions for teacher.model",
-         404: "check teacher.base_url (it should end in /v1) and teacher.model"}
+FATAL = {401: "check the key in {what}.api_key_env", 403: "check the key's permissions for {what}.model",
+         404: "check {what}.base_url (it should end in /v1) and {what}.model"}
 
 
 class RequestFailed(Exception):
@@ -67,18 +67,24 @@ def retry_after(headers: Mapping[str, str]) -> Optional[float]:
     return None
 
 
-class ChatClient:
-    """`async with ChatClient(cfg, api_key) as c: response = await c.complete(body)`."""
+class OpenAIClient:
+    """`async with OpenAIClient(cfg, api_key) as c: response = await c.complete(body)`.
 
-    def __init__(self, cfg: TeacherConfig, api_key: Optional[str], seed: int = 0):
-        self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+    `cfg` has the teacher's connection fields (base_url, concurrency, timeout_s, max_retries, backoff_s,
+    max_backoff_s, under the config section `what`); `path` is the endpoint under base_url and `check`
+    validates its responses (ValueError: malformed, retried).
+    """
+
+    def __init__(self, cfg: TeacherConfig, api_key: Optional[str], seed: int = 0, path: str = "/chat/completions",
+                 check: Callable[[Any], Any] = check_response, what: str = "teacher"):
+        self.cfg, self.check, self.what = cfg, check, what
+        self.url = cfg.base_url.rstrip("/") + path
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._rng = random.Random(seed)
         self.sent = 0
         self.retries: Counter = Counter()
 
-    async def __aenter__(self) -> "ChatClient":
+    async def __aenter__(self) -> "OpenAIClient":
         self._http = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
                                            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency))
         return self
@@ -99,7 +105,7 @@ class ChatClient:
             if wait is None:
                 cap = min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** attempt)
                 wait = cap * self._rng.uniform(0.5, 1.0)
-            log.debug("teacher: %s, retry %d in %.2f s", reason, attempt + 1, wait)
+            log.debug("%s: %s, retry %d in %.2f s", self.what, reason, attempt + 1, wait)
             await asyncio.sleep(wait)
             attempt += 1
 
@@ -117,14 +123,15 @@ class ChatClient:
         except aiohttp.ClientError:  # refused, reset, closed
             return None, "connection", None
         if status in FATAL:
-            raise NLTError(f"teacher: {self.url} answered {status} {response.reason}; {FATAL[status]}")
+            hint = FATAL[status].format(what=self.what)
+            raise NLTError(f"{self.what}: {self.url} answered {status} {response.reason}; {hint}")
         if status in RETRYABLE:
             return None, f"http_{status}", retry_after(headers)
         if status != 200:
             raise RequestFailed(f"http_{status}")
         try:
             data = json.loads(payload)
-            check_response(data)
-        except ValueError:  # invalid UTF-8 or JSON, or not a chat completion
+            self.check(data)
+        except ValueError:  # invalid UTF-8 or JSON, or not a response of this endpoint
             return None, "malformed", None
         return data, None, None

@@ -19,7 +19,7 @@ from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.seeding import stable_seed
 from nemo_latent_thoughts.teacher import batch
 from nemo_latent_thoughts.teacher.cache import ResponseCache, request_key
-from nemo_latent_thoughts.teacher.client import ChatClient, RequestFailed, check_response
+from nemo_latent_thoughts.teacher.client import OpenAIClient, RequestFailed, check_response
 from nemo_latent_thoughts.teacher.prompt import load_template, parse_answer, render
 
 CACHE = "cache.sqlite"
@@ -71,7 +71,7 @@ class LLMTeacher:
     async def _run(self, items, key, progress):
         results: list = [None] * len(items)
         pending = iter(enumerate(items))
-        async with ChatClient(self.cfg, key, seed=self.seed) as client:
+        async with OpenAIClient(self.cfg, key, seed=self.seed) as client:
             async def worker():
                 for i, item in pending:  # one shared iterator: each item goes to exactly one worker
                     results[i] = await self._one(client, item)
@@ -80,7 +80,7 @@ class LLMTeacher:
             self.sent, self.retries = client.sent, client.retries
         return results
 
-    async def _one(self, client: ChatClient, item):
+    async def _one(self, client: OpenAIClient, item):
         key, body = self.request(item)
         cached = self.cache.get(key)
         if cached is not None:
