@@ -166,6 +166,33 @@ def test_an_estep_task_that_fails_twice_is_reported_each_time_and_a_relaunch_fin
     assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)
 
 
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.mark.timeout(1800)
+def test_an_estep_array_with_a_vllm_server_per_task(written_run, tmp_path, monkeypatch):
+    """`nlt launch estep --server vllm`: each array task serves the model with vLLM (CPU build), samples its
+    shards through it and stops it."""
+    from test_vllm_backend import train_small
+
+    if not VLLM_PYTHON.exists():
+        pytest.skip(".venv-vllm is missing: `make test-vllm` builds it (.ci/run runs it before test-slurm)")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    model = train_small(written_run, tmp_path / "small")
+    cfg = estep_cfg(written_run, model, tmp_path / "estep", num_samples=2, max_new_tokens=12, max_prompt_tokens=128,
+                    max_context_tokens=64)
+    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait", "--server", "vllm", "-C", f"python={VLLM_PYTHON}",
+                         "-C", "estep_tasks=2")
+    assert rc == 0, out[-3000:]
+    assert re.search(r"submitted job \d+ \(array 0-1\)", out), out[-3000:]
+    manifest = json.loads((tmp_path / "estep" / "manifest.json").read_text())
+    assert manifest["backend"] == "server" and manifest["chunks_failed"] == 0 and manifest["chunks_with_latent"] > 0
+    logs = sorted(p.name for p in (tmp_path / "estep" / "logs").glob("server-*.log"))
+    assert logs == ["server-0.log", "server-1.log"]
+    left = subprocess.run(["pgrep", "-f", f"vllm.entrypoints.openai.api_server --model {model}"], capture_output=True)
+    assert left.returncode == 1  # every task stopped its server
+
+
 def slurmstepd_of(pid: int) -> int:
     """The slurmstepd that started process `pid` (its nearest such ancestor)."""
     while Path(f"/proc/{pid}/comm").read_text().strip() != "slurmstepd":

@@ -18,15 +18,18 @@ from test_estep import estep_cfg, shard_bytes
 pytestmark = pytest.mark.vllm
 
 
-@pytest.fixture(scope="module")
-def small_model(written_run, tmp_path_factory):
+def train_small(written_run, out):
     """As conftest's trained_model, with the small preset: heads of 32, the smallest vLLM's CPU kernels take."""
     from nemo_latent_thoughts.train.trainer import train
 
     cfg, _, _ = written_run
-    t = replace(cfg.training, out_dir=str(tmp_path_factory.mktemp("small") / "mstep"), seq_length=256, max_steps=40,
-                valid_data=[], save_every=40)
+    t = replace(cfg.training, out_dir=str(out), seq_length=256, max_steps=40, valid_data=[], save_every=40)
     return train(replace(cfg, model=replace(cfg.model, preset="small"), training=t)) / "hf"
+
+
+@pytest.fixture(scope="module")
+def small_model(written_run, tmp_path_factory):
+    return train_small(written_run, tmp_path_factory.mktemp("small") / "mstep")
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,7 @@ def wait_ready(cfg: EStepServerConfig, process=None, log_path=None) -> list[str]
 
     `process` (a server we started) ends the wait at once if it exits."""
     deadline, last = time.monotonic() + cfg.ready_timeout_s, "no answer"
+    log.info("estep: waiting for the server at %s (up to %.0f s)", cfg.base_url, cfg.ready_timeout_s)
     while True:
         if process is not None and process.poll() is not None:
             raise NLTError(f"{WHAT}: the {cfg.kind} server exited with code {process.returncode} before it was "
