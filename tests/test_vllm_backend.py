@@ -67,6 +67,15 @@ def test_samples_follow_the_seeds_and_stop_at_the_stop_token(vllm_backend, token
     assert vllm_backend.sample(prompts(tokenizer), 4, 24, eol, seeds=[1, 8, 9])[0] != first[0]
 
 
+def test_a_batch_beyond_one_steps_token_budget_samples_with_its_seeds(vllm_backend, tokenizer):
+    """Chunked prefill would rewind a seeded request's CPU generator (vLLM 0.32: the engine dies)."""
+    eol = latent_token_ids(tokenizer).eol
+    long = [p * 10 for p in prompts(tokenizer)] * 24  # 72 prompts of 100-200 tokens, 4 samples each
+    seeds = list(range(len(long)))
+    first = vllm_backend.sample(long, 4, 8, eol, seeds=seeds)
+    assert first == vllm_backend.sample(long[::-1], 4, 8, eol, seeds=seeds[::-1])[::-1]
+
+
 def test_scores_equal_hf_teacher_forcing(vllm_backend, small_model, tokenizer):
     eol = latent_token_ids(tokenizer).eol
     samples = vllm_backend.sample(prompts(tokenizer), 2, 16, eol, seeds=[3, 4, 5])

