@@ -165,21 +165,22 @@ class EStep:
         inputs = chunk_inputs(records, encode_raw(self.tokenizer, [r["text"] for r in records]))
         parts = self.out / ".parts" / out.stem
         size = self.e.chunks_per_part
-        bar = tqdm(total=len(inputs), desc=f"estep {out.stem}", unit="chunk", mininterval=1.0, dynamic_ncols=True)
-        generated, began = 0, time.perf_counter()
-        for number, start in enumerate(range(0, len(inputs), size)):
-            part = parts / f"part_{number:05d}.jsonl"
-            batch = inputs[start:start + size]
-            if not part.exists():
-                results = infer(self.backend, self.ids, batch, num_samples=self.e.num_samples,
-                                max_new_tokens=self.e.max_new_tokens, max_prompt_tokens=self.e.max_prompt_tokens,
-                                max_context_tokens=self.e.max_context_tokens, seed=self.cfg.seed, round_=self.e.round,
-                                num_tokens=len(self.tokenizer), keep_truncated=self.e.on_truncated == "keep")
-                fileio.write_jsonl(part, (_record(c, r, self.e.round) for c, r in zip(batch, results)))
-                generated += sum(len(s) for r in results for s in r.samples)
-            bar.update(len(batch))
-            bar.set_postfix(gen_tok_s=f"{generated / (time.perf_counter() - began):.0f}")
-        bar.close()
+        with tqdm(total=len(inputs), desc=f"estep {out.stem}", unit="chunk", mininterval=1.0,
+                  dynamic_ncols=True) as bar:  # closed (its line ended) before an error is printed
+            generated, began = 0, time.perf_counter()
+            for number, start in enumerate(range(0, len(inputs), size)):
+                part = parts / f"part_{number:05d}.jsonl"
+                batch = inputs[start:start + size]
+                if not part.exists():
+                    e = self.e
+                    results = infer(self.backend, self.ids, batch, num_samples=e.num_samples,
+                                    max_new_tokens=e.max_new_tokens, max_prompt_tokens=e.max_prompt_tokens,
+                                    max_context_tokens=e.max_context_tokens, seed=self.cfg.seed, round_=e.round,
+                                    num_tokens=len(self.tokenizer), keep_truncated=e.on_truncated == "keep")
+                    fileio.write_jsonl(part, (_record(c, r, self.e.round) for c, r in zip(batch, results)))
+                    generated += sum(len(s) for r in results for s in r.samples)
+                bar.update(len(batch))
+                bar.set_postfix(gen_tok_s=f"{generated / (time.perf_counter() - began):.0f}")
         with fileio.atomic_path(out) as tmp, open(tmp, "wb") as f:
             for number in range(math.ceil(len(inputs) / size)):
                 f.write((parts / f"part_{number:05d}.jsonl").read_bytes())

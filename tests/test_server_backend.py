@@ -24,13 +24,18 @@ from test_estep import estep_cfg, shard_bytes
 FAKE = str(Path(__file__).with_name("completions_fake.py"))
 
 
+def small_estep(written_run, trained_model, out):
+    """test_estep's E-step settings, smaller (these tests run it ten times)."""
+    return estep_cfg(written_run, trained_model, out, num_samples=2, max_new_tokens=12)
+
+
 @pytest.fixture(scope="module")
 def hf_run(written_run, trained_model, tmp_path_factory):
-    return run_estep(estep_cfg(written_run, trained_model, tmp_path_factory.mktemp("hf") / "estep"))
+    return run_estep(small_estep(written_run, trained_model, tmp_path_factory.mktemp("hf") / "estep"))
 
 
 def server_cfg(written_run, trained_model, out, url, **server):
-    cfg = estep_cfg(written_run, trained_model, out)
+    cfg = small_estep(written_run, trained_model, out)
     s = replace(cfg.estep.server, **{"base_url": url, "ready_timeout_s": 10, "backoff_s": 0.0, "max_backoff_s": 0.0,
                                      **server})
     return replace(cfg, estep=replace(cfg.estep, backend="server", server=s))
@@ -121,7 +126,7 @@ def test_a_model_the_server_does_not_serve_is_a_one_line_error(trained_model):
 
 
 def test_serve_starts_its_own_server_samples_through_it_and_stops_it(written_run, trained_model, hf_run, tmp_path):
-    cfg = estep_cfg(written_run, trained_model, tmp_path / "estep")
+    cfg = small_estep(written_run, trained_model, tmp_path / "estep")
     cfg = replace(cfg, estep=replace(cfg.estep, server=replace(cfg.estep.server, launch=[sys.executable, FAKE],
                                                                 ready_timeout_s=60)))
     out = run_estep(cfg, serve="vllm")
@@ -133,7 +138,7 @@ def test_serve_starts_its_own_server_samples_through_it_and_stops_it(written_run
 
 
 def test_a_server_that_exits_before_it_is_ready_is_a_one_line_error(written_run, trained_model, tmp_path):
-    cfg = estep_cfg(written_run, trained_model, tmp_path / "estep")
+    cfg = small_estep(written_run, trained_model, tmp_path / "estep")
     cfg = replace(cfg, estep=replace(cfg.estep, server=replace(cfg.estep.server, launch=["false"])))
     with pytest.raises(NLTError, match=r"the vllm server exited with code 1 before it was ready; its log: .*"
                                        r"logs/server-all\.log"):

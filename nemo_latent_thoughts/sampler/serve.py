@@ -80,14 +80,13 @@ def serving(cfg: Config, kind: str, name: str = "server") -> Iterator[Config]:
 
 
 def stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the server's process group, then SIGKILL what is left after `grace_s`."""
-    if process.poll() is not None:
-        return
+    """SIGTERM the server's process group, SIGKILL what is left of it after `grace_s` or once the server
+    has exited: its engine processes too, even when the server itself died first (they would hold the
+    host's memory as orphans)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
