@@ -167,17 +167,16 @@ class EStep:
         size = self.e.chunks_per_part
         with tqdm(total=len(inputs), desc=f"estep {out.stem}", unit="chunk", mininterval=1.0,
                   dynamic_ncols=True) as bar:  # closed (its line ended) before an error is printed
-            generated, began = 0, time.perf_counter()
+            generated, began, e = 0, time.perf_counter(), self.e
             for number, start in enumerate(range(0, len(inputs), size)):
                 part = parts / f"part_{number:05d}.jsonl"
                 batch = inputs[start:start + size]
                 if not part.exists():
-                    e = self.e
                     results = infer(self.backend, self.ids, batch, num_samples=e.num_samples,
                                     max_new_tokens=e.max_new_tokens, max_prompt_tokens=e.max_prompt_tokens,
                                     max_context_tokens=e.max_context_tokens, seed=self.cfg.seed, round_=e.round,
                                     num_tokens=len(self.tokenizer), keep_truncated=e.on_truncated == "keep")
-                    fileio.write_jsonl(part, (_record(c, r, self.e.round) for c, r in zip(batch, results)))
+                    fileio.write_jsonl(part, (_record(c, r, e.round) for c, r in zip(batch, results)))
                     generated += sum(len(s) for r in results for s in r.samples)
                 bar.update(len(batch))
                 bar.set_postfix(gen_tok_s=f"{generated / (time.perf_counter() - began):.0f}")

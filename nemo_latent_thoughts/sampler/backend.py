@@ -63,6 +63,13 @@ class SampledAndScored:
         self.scorer.close()
 
 
+def check_spans(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> None:
+    """ValueError unless every span (start, end) of `score` fits its sequence with a token before it."""
+    for seq, (start, end) in zip(sequences, spans):
+        if not 1 <= start <= end <= len(seq):
+            raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+
+
 def request_seed(seed: int, k: int) -> int:
     """The seed of sample `k` of a prompt whose seed is `seed` (63 bits, well mixed)."""
     return stable_seed(seed, k)

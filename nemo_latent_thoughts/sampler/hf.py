@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from nemo_latent_thoughts.sampler.backend import Sample, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
 
 
 def _batches(items: list, size: int):
@@ -119,9 +119,8 @@ class HFBackend:
         """Teacher-forced span log-probs. Sequences that share the tokens before their span (the K
         samples of a chunk) share one prefill of that prefix through the KV cache."""
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (seq, (start, end)) in enumerate(zip(sequences, spans)):
-            if not 1 <= start <= end <= len(seq):
-                raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+        check_spans(sequences, spans)
+        for i, (seq, (start, _)) in enumerate(zip(sequences, spans)):
             groups.setdefault(tuple(seq[:start]), []).append(i)
         scores = [0.0] * len(sequences)
         for prefix, members in groups.items():

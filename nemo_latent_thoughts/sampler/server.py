@@ -22,16 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Any, Optional, Sequence
 
 from nemo_latent_thoughts.config import EStepServerConfig
 from nemo_latent_thoughts.errors import NLTError
-from nemo_latent_thoughts.sampler.backend import Sample, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,9 @@ def check_scored(data: Any) -> list:
 
 def served_models(cfg: EStepServerConfig, timeout_s: float = 10.0) -> list[str]:
     """The model names BASE_URL/models lists; OSError or ValueError while the server is not up."""
-    key = _api_key(cfg)
+    from nemo_latent_thoughts.teacher.llm import api_key
+
+    key = api_key(cfg, WHAT)
     request = urllib.request.Request(cfg.base_url.rstrip("/") + "/models",
                                      headers={"Authorization": f"Bearer {key}"} if key else {})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -101,19 +101,15 @@ def wait_ready(cfg: EStepServerConfig, process=None, log_path=None) -> list[str]
         time.sleep(1.0)
 
 
-def _api_key(cfg: EStepServerConfig) -> Optional[str]:
-    return os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-
-
 class ServerBackend:
     """A running server (estep.server) as an E-step backend; `failures` counts soft-failed requests by reason."""
 
     capabilities = frozenset({"batched"})
 
     def __init__(self, cfg: EStepServerConfig, seed: int = 0):
-        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            raise NLTError(f"{WHAT}.api_key_env: environment variable {cfg.api_key_env} is not set; export the "
-                           f"server's key in it, or set {WHAT}.api_key_env=null for a server without one")
+        from nemo_latent_thoughts.teacher.llm import api_key
+
+        self._key = api_key(cfg, WHAT)  # a missing key is a one-line error before any wait
         models = wait_ready(cfg)
         self.cfg, self.seed = cfg, seed
         self.model = cfg.model or models[0]
@@ -148,9 +144,7 @@ class ServerBackend:
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
         if self.cfg.kind != "vllm":
             raise NLTError(f"{WHAT}.kind={self.cfg.kind}: the server gives no prompt log-probs; set estep.scorer=hf")
-        for seq, (start, end) in zip(sequences, spans):
-            if not 1 <= start <= end <= len(seq):
-                raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+        check_spans(sequences, spans)
         bodies = [{"model": self.model, "prompt": [int(t) for t in seq], "max_tokens": 1, "prompt_logprobs": 0,
                    "temperature": 1.0} for seq in sequences]
         answers = self._post(bodies, check_scored)
@@ -180,7 +174,7 @@ class ServerBackend:
         from nemo_latent_thoughts.teacher.client import OpenAIClient, RequestFailed
 
         gate = asyncio.Semaphore(self.cfg.concurrency)
-        client = OpenAIClient(self.cfg, _api_key(self.cfg), seed=self.seed, path="/completions", check=check, what=WHAT)
+        client = OpenAIClient(self.cfg, self._key, seed=self.seed, path="/completions", check=check, what=WHAT)
         async with client:
             async def one(body):
                 async with gate:

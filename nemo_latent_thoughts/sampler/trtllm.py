@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from nemo_latent_thoughts.optional import require
-from nemo_latent_thoughts.sampler.backend import Sample, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
 
 
 class TRTLLMBackend:
@@ -55,9 +55,7 @@ class TRTLLMBackend:
         return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        for seq, (start, end) in zip(sequences, spans):
-            if not 1 <= start <= end <= len(seq):
-                raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+        check_spans(sequences, spans)
         params = self._sampling_params(max_tokens=1, return_context_logits=True, detokenize=False,
                                        end_id=0, pad_id=0)
         outputs = self._llm.generate([[int(t) for t in seq] for seq in sequences], params, use_tqdm=False)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.optional import require
-from nemo_latent_thoughts.sampler.backend import Sample, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
 
 
 CPU_KV_CACHE_BYTES = 2 << 30
@@ -65,9 +65,7 @@ class VLLMBackend:
         return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        for seq, (start, end) in zip(sequences, spans):
-            if not 1 <= start <= end <= len(seq):
-                raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+        check_spans(sequences, spans)
         params = self._sampling_params(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self._generate([self._prompt(prompt_token_ids=[int(t) for t in seq]) for seq in sequences], params)
         return [sum(out.prompt_logprobs[t][seq[t]].logprob for t in range(start, end))

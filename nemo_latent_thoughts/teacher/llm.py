@@ -26,14 +26,14 @@ CACHE = "cache.sqlite"
 NOT_ANSWERED = "not_answered"  # offline (after --batch-read) and not in the cache
 
 
-def api_key(cfg: TeacherConfig) -> Optional[str]:
-    """The key from the environment variable the config names (never from the config itself)."""
+def api_key(cfg: TeacherConfig, what: str = "teacher") -> Optional[str]:
+    """The key from the environment variable the config section `what` names (never from the config itself)."""
     if cfg.api_key_env is None:
         return None
     key = os.environ.get(cfg.api_key_env)
     if not key:
-        raise NLTError(f"teacher.api_key_env: the environment variable {cfg.api_key_env} is not set; export it, "
-                       f"or set teacher.api_key_env=null for a server that needs no key")
+        raise NLTError(f"{what}.api_key_env: the environment variable {cfg.api_key_env} is not set; export it, "
+                       f"or set {what}.api_key_env=null for a server that needs no key")
     return key
 
 
