@@ -73,6 +73,7 @@ def test_shards_split_over_workers_give_the_same_bytes(reference, written_run, t
         (reference / "manifest.json").read_text()) | {"model": str(trained_model)}
 
 
+@pytest.mark.faults
 def test_kill_9_then_rerun_gives_identical_shards(reference, written_run, trained_model, tmp_path):
     cfg = estep_cfg(written_run, trained_model, tmp_path / "killed")
     recipe = tmp_path / "recipe.yaml"

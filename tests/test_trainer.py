@@ -67,6 +67,7 @@ def test_run_writes_metrics_config_checkpoints_and_export(written_run, tmp_path)
     assert (out / "metrics.jsonl").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.faults
 def test_resume_after_kill_9_matches_an_uninterrupted_run(written_run, tmp_path):
     reference = train(training_cfg(written_run, tmp_path / "ref", max_steps=200, save_every=20, log_every=5))
     cfg = training_cfg(written_run, tmp_path / "run", max_steps=200, save_every=20, log_every=5)

@@ -103,6 +103,7 @@ def test_rewrite_with_other_inputs_is_refused(written_run):
         write_dataset(replace(cfg, write=replace(cfg.write, latents=[])))
 
 
+@pytest.mark.faults
 def test_kill_9_mid_write_then_rerun_gives_identical_files(tmp_path, tokenizer_dir):
     docs = testing.generate_corpus(SyntheticConfig(num_docs=3000, seed=9))
     cfg = make_run(tmp_path / "ref", docs, tokenizer_dir, "data.docs_per_shard=500")
