@@ -9,6 +9,7 @@
     nlt eval recipe.yaml eval.model=run/round_01/mstep/hf  # few-shot CoT accuracy + held-out ELBO
     nlt em run recipes/demo_cpu.yaml                     # the whole EM run (the CPU demo), resumable
     nlt em status runs/demo                              # what is done, running, pending
+    nlt em run recipe.yaml --cluster cluster.yaml --detach   # every stage a Slurm job; rerun to continue
     nlt report runs/demo                                 # rebuild report.md + report.png
     nlt mstep-nemo round_01/recipe.yaml --dryrun         # the round's M-step as a NeMo recipe
     nlt export-nemo round_01/recipe.yaml                 # its NeMo checkpoint -> Hugging Face (E-step)
@@ -44,18 +45,50 @@ def _cmd_config(args, cfg) -> None:
 def _cmd_em_run(args, cfg) -> None:
     from nemo_latent_thoughts.em.driver import run_em
 
-    run_em(cfg, until=args.until, allow_config_change=args.allow_config_change)
+    cluster = _cluster(args) if args.cluster else None
+    if args.detach and cluster is None:
+        raise NLTError("--detach: only with --cluster (the stages then run as Slurm jobs)")
+    run_em(cfg, until=args.until, allow_config_change=args.allow_config_change, cluster=cluster, detach=args.detach)
 
 
 def _cmd_em_status(args, cfg) -> None:
     from nemo_latent_thoughts.em.driver import status
+    from nemo_latent_thoughts.em.queue import JOBS, stage_rows
 
     rows = status(args.run_dir)
+    jobs = stage_rows(args.run_dir) if (args.run_dir / JOBS).exists() else {}
     width = max(len(name) for name, _ in rows)
     for name, state in rows:
-        print(f"{name:<{width}}  {state}")
+        job_state, job = jobs.get(name, (None, ""))
+        if job and state != "done":  # a job that ended without the stage's marker failed
+            state = job_state if job_state in ("RUNNING", "PENDING", "REQUEUED") else f"failed ({job_state})"
+        shown = job if job and (state != "done" or args.jobs) else ""
+        print(f"{name:<{width}}  {state:<8}  {shown}".rstrip())
     done = sum(state == "done" for _, state in rows)
     print(f"{done}/{len(rows)} stages done")
+
+
+def _cmd_em_stage(args, cfg) -> None:
+    from nemo_latent_thoughts.em.base import run_tokenizer
+    from nemo_latent_thoughts.em.driver import run_stage
+    from nemo_latent_thoughts.em.queue import config_of, find_stage
+
+    cfg = run_tokenizer(config_of(args.run_dir))
+    stage = find_stage(cfg, args.stage)
+    if stage.done:
+        print(f"em: {stage.name}: done; nothing to do")
+        return
+    run_stage(cfg, stage, args.shard, args.num_shards, args.serve)
+    if not stage.done and args.shard is None:
+        raise NLTError(f"em: stage '{stage.name}' ended without writing {stage.marker}")
+
+
+def _cmd_em_cancel(args, cfg) -> None:
+    from nemo_latent_thoughts.em.queue import cancel
+
+    cancelled = cancel(args.run_dir)
+    print(f"em: cancelled {len(cancelled)} jobs" + (f" ({', '.join(cancelled)})" if cancelled else "")
+          + "; `nlt em run ... --cluster` continues the run")
 
 
 def _cmd_em_plan(args, cfg) -> None:
@@ -169,14 +202,21 @@ def _cmd_export_nemo(args, cfg) -> None:
     print(f"Hugging Face model written to {export_nemo_checkpoint(cfg, args.checkpoint, args.out)}")
 
 
-def _cmd_launch(args, cfg) -> None:
+def _cluster(args):
+    """The cluster YAML of --cluster with its -C overrides (needs NeMo-Run)."""
     from nemo_latent_thoughts.config import load_config
-    from nemo_latent_thoughts.launch import slurm
     from nemo_latent_thoughts.launch.cluster import ClusterConfig
     from nemo_latent_thoughts.optional import require
 
     cluster = load_config(args.cluster, args.cluster_overrides, schema=ClusterConfig)
-    require("nemo_run", "nlt launch")
+    require("nemo_run", f"nlt {args.command} --cluster")
+    return cluster
+
+
+def _cmd_launch(args, cfg) -> None:
+    from nemo_latent_thoughts.launch import slurm
+
+    cluster = _cluster(args)
     out_dir = cfg.training.out_dir if args.job == "mstep" else cfg.estep.out_dir
     recipe = slurm.job_recipe(cfg, args.config, args.overrides, out_dir)
     launch = slurm.launch_mstep if args.job == "mstep" else slurm.launch_estep
@@ -204,6 +244,12 @@ def _add(sub, name: str, func: Callable, help: str, config_required: bool = True
                    help="OmegaConf dot-list overrides, e.g. model.preset=tiny")
     p.set_defaults(func=func)
     return p
+
+
+def _cluster_arguments(p, help: str, required: bool) -> None:
+    p.add_argument("--cluster", required=required, metavar="CLUSTER.yaml", help=help)
+    p.add_argument("-C", dest="cluster_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,13 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
     em_run.add_argument("--allow-config-change", action="store_true",
                         help="continue a run directory made under another config (finished stages keep their "
                              "results); without it a change is refused, except speed-only keys")
+    _cluster_arguments(em_run, "every stage as a Slurm job, chained by dependencies (README, \"EM on a Slurm "
+                       "cluster\")", required=False)
+    em_run.add_argument("--detach", action="store_true", help="with --cluster: submit what can be submitted and "
+                        "exit; rerun the same command to continue")
     _add(em_sub, "plan", _cmd_em_plan, "print the stages a recipe runs and where each writes; runs nothing",
          config_required=False)
-    for name, func, help in (("status", _cmd_em_status, "what is done, running and pending in RUN_DIR"),
-                             ("report", _cmd_report, "rebuild RUN_DIR/report.md and report.png")):
-        p = (em_sub if name == "status" else sub).add_parser(name, help=help, description=help)
+    runs = {}
+    for parent, name, func, help in (
+            (em_sub, "status", _cmd_em_status, "what is done, running and pending in RUN_DIR (with --cluster: "
+             "each stage's Slurm job and state)"),
+            (em_sub, "stage", _cmd_em_stage, "run one stage of the run in RUN_DIR (what each cluster job runs)"),
+            (em_sub, "cancel", _cmd_em_cancel, "scancel the Slurm jobs the run in RUN_DIR has queued or running"),
+            (sub, "report", _cmd_report, "rebuild RUN_DIR/report.md and report.png")):
+        p = runs[name] = parent.add_parser(name, help=help, description=help)
         p.add_argument("run_dir", type=Path, help="the run directory (its config.yaml describes the run)")
         p.set_defaults(func=func, no_config=True)
+    runs["status"].add_argument("--jobs", action="store_true", help="also the jobs of the stages that are done")
+    stage = runs["stage"]
+    stage.add_argument("stage", help="the stage, as `nlt em status` names it ('round 1 estep' or round-1-estep)")
+    stage.add_argument("--shard", type=int, help="E-step: only the shards with index %% num-shards == shard")
+    stage.add_argument("--num-shards", type=int, default=1, help="E-step: how many workers share the shards")
+    stage.add_argument("--serve", choices=SERVER_KINDS, help="E-step: sample through this server (nlt estep --serve)")
     mstep_nemo = _add(sub, "mstep-nemo", _cmd_mstep_nemo, "run a round's M-step (training.*) through a NeMo recipe")
     mstep_nemo.add_argument("--factory", help="llm.pretrain factory (default: the one of model.preset)")
     mstep_nemo.add_argument("--dryrun", action="store_true", help="print the NeMo recipe; run nothing")
@@ -282,9 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("config", help="recipe YAML the jobs run (e.g. round_01/recipe.yaml)")
     launch.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides; the jobs then read the resolved recipe from OUT_DIR/launch/config.yaml")
-    launch.add_argument("--cluster", required=True, help="cluster YAML (examples/cluster_*.yaml)")
-    launch.add_argument("-C", dest="cluster_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="cluster override, e.g. -C mstep.nodes=4 (repeatable)")
+    _cluster_arguments(launch, "cluster YAML (examples/cluster_*.yaml)", required=True)
     launch.add_argument("--dryrun", action="store_true", help="print the sbatch script; submit nothing")
     launch.add_argument("--wait", action="store_true", help="wait until the job (every array task) has ended")
     launch.add_argument("--server", choices=SERVER_KINDS, help="estep: every array task starts this server for "

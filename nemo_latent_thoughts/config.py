@@ -30,7 +30,7 @@ SPEED_ONLY_KEYS = frozenset({
     "data.workers", "estep.batch_size", "estep.score_batch_size", "estep.chunks_per_part", "eval.batch_size",
     "training.log_every", "training.save_every", "training.keep_last", "teacher.concurrency", "teacher.timeout_s",
     "teacher.max_retries", "teacher.backoff_s", "teacher.max_backoff_s", "teacher.api_key_env",
-    "teacher.price_prompt_per_mtok", "teacher.price_completion_per_mtok", "teacher.batch_discount",
+    "teacher.price_prompt_per_mtok", "em.retries", "teacher.price_completion_per_mtok", "teacher.batch_discount",
     *(f"estep.server.{k}" for k in ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
                                      "max_backoff_s", "ready_timeout_s", "launch", "args")),
 })
@@ -508,9 +508,12 @@ class EMConfig:
     """Evaluate every round's model and the baselines (eval.*)."""
     synthetic_eval_examples: int = 100
     """On the synthetic corpus: held-out test questions generated into run_dir/eval_data."""
+    retries: int = 2
+    """`nlt em run --cluster`: a stage whose job fails is resubmitted up to this many times (a resumed
+    M-step continues from its last checkpoint), then the run stops naming the stage, job and log."""
 
     def check(self) -> None:
-        _at_least(self, 0, "num_rounds")
+        _at_least(self, 0, "num_rounds", "retries")
         _at_least(self, 1, "synthetic_eval_examples")
         _require(set(self.baselines) <= {"raw_tokens", "flops"}, "baselines", "must be a subset of [raw_tokens, flops]")
 

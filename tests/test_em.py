@@ -345,3 +345,23 @@ def test_a_run_saved_before_a_key_existed_continues_when_the_key_keeps_its_defau
     assert main([*args, "--until", "prepare"]) == 0
     assert main([*args, "estep.server.kind=sglang", "--until", "prepare"]) == 2
     assert "estep.server.kind differ" in capsys.readouterr().err
+
+
+def test_every_stage_waits_only_for_earlier_stages_and_baselines_run_beside_the_rounds():
+    """`Stage.after` is what a cluster run chains jobs by: a DAG in plan order, the report after all."""
+    cfg = load_config(None, ["run_dir=/tmp/x", "em.num_rounds=2", "base.pretrain=true", "training.epochs=2"])
+    stages = plan(cfg)
+    seen = set()
+    for stage in stages:
+        assert set(stage.after) <= seen, stage.name
+        seen.add(stage.name)
+    after = {s.name: s.after for s in stages}
+    assert after["round 2 estep"] == ("prepare", "round 1 mstep")
+    assert after["round 1 recipe"] == ("round 1 data", "base model")
+    assert after["baseline flops recipe"] == ("raw data", "round 2 data", "round 2 mstep", "base model")
+    assert set(after["report"]) == seen - {"report"}
+
+
+def test_cluster_only_flags_are_refused_without_a_cluster(tmp_path, capsys):
+    assert main(["em", "run", f"run_dir={tmp_path}", "--detach"]) == 2
+    assert "--detach: only with --cluster" in capsys.readouterr().err

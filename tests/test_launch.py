@@ -140,6 +140,8 @@ def test_an_array_has_not_ended_while_sacct_lags_behind_some_of_its_tasks():
     assert sacct.array_tasks("0-3") == {0, 1, 2, 3} and sacct.array_tasks("1,5,7-8%2") == {1, 5, 7, 8}
     assert not sacct.ended({"49_3": "CANCELLED"}, {0, 1, 2, 3})  # siblings not accounted yet
     assert sacct.ended({"49_3": "CANCELLED"}, {3}) and sacct.ended({"50": "COMPLETED"})
+    assert sacct.ended({"51_[0-3]": "CANCELLED"}, {0, 1, 2, 3})  # cancelled before any task started
+    assert not sacct.ended({"51_[0-3]": "PENDING"}, {0, 1, 2, 3})
     done = {f"49_{t}": "COMPLETED" for t in range(3)} | {"49_3": "CANCELLED"}
     assert sacct.ended(done, {0, 1, 2, 3})
 

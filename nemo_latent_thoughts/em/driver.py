@@ -23,6 +23,7 @@ from nemo_latent_thoughts.em.base import base_model, pretrain_base, run_tokenize
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
                                           round_latents)
 from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.launch.cluster import ClusterConfig
 from nemo_latent_thoughts.teacher.run import check_teacher
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ def round_training(cfg: Config, stage: Stage) -> Config:
     return replace(cfg, training=training)
 
 
-def run_stage(cfg: Config, stage: Stage) -> None:
+def run_stage(cfg: Config, stage: Stage, shard: Optional[int] = None, num_shards: int = 1,
+              serve: Optional[str] = None) -> None:
+    """Run one stage; the E-step's `shard`, `num_shards` and `serve` as `nlt estep` takes them."""
     from nemo_latent_thoughts.data.prepare import prepare
     from nemo_latent_thoughts.data.writer import write_dataset
 
@@ -109,7 +112,7 @@ def run_stage(cfg: Config, stage: Stage) -> None:
         from nemo_latent_thoughts.estep import run_estep
 
         run_estep(replace(cfg, estep=replace(cfg.estep, model=str(round_dir(cfg, r - 1) / "mstep" / "hf"), round=r,
-                                             out_dir=str(stage.out))))
+                                             out_dir=str(stage.out))), shard, num_shards, serve)
     elif stage.kind == "data":
         model = f"teacher:{cfg.teacher.kind}" if r == 0 else str(round_dir(cfg, r - 1) / "mstep" / "hf")
         write_dataset(replace(cfg, data=replace(cfg.data, chunks_dir=round_chunks(cfg, r)),
@@ -141,12 +144,16 @@ class _WaitForCluster(Exception):
         self.recipe = recipe
 
 
-def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool = False) -> Path:
+def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool = False,
+           cluster: Optional[ClusterConfig] = None, detach: bool = False) -> Path:
     """Run (or continue) the EM run of `cfg`, up to and including stage `until`; returns its directory.
 
     A run directory made under another config is refused (its keys named) unless
     `allow_config_change`: finished stages keep the results of the config they were made with.
+    `cluster`: every stage as a Slurm job (`em.queue`); `detach`: return once they are submitted.
     """
+    if cluster is not None and until is not None:
+        raise NLTError("--until runs stages here; with --cluster the queue holds them all (nlt em cancel stops it)")
     check_teacher(cfg)  # before any stage, not hours later at round 0's teacher
     run = Path(cfg.run_dir)
     with locks.exclusive(run, what="nlt em run"):
@@ -158,8 +165,12 @@ def run_em(cfg: Config, until: Optional[str] = None, allow_config_change: bool =
         if changed:
             log.warning("em: continuing %s under a changed config (%s); finished stages keep their results",
                         run, ", ".join(changed))
-        locks.remove_stale_temps(run)
         config_lib.save_config(cfg, run)
+        if cluster is not None:  # no temporaries removed: the cluster's jobs may be writing them
+            from nemo_latent_thoughts.em.queue import run_on_cluster
+
+            return run_on_cluster(run_tokenizer(cfg), cluster, detach)
+        locks.remove_stale_temps(run)
         _run_stages(run_tokenizer(cfg), run, until)
     return run
 

@@ -25,13 +25,15 @@ MANIFEST, DONE, SUMMARY = "manifest.json", "done.json", "summary.json"
 
 @dataclass(frozen=True)
 class Stage:
-    """One unit of an EM run: `kind` says what runs, `out` where; done when `marker` exists."""
+    """One unit of an EM run: `kind` says what runs, `out` where; done when `marker` exists; `after`:
+    the stages whose outputs it reads (on a cluster, the jobs it waits for)."""
 
     name: str
     kind: str  # setup, prepare, raw_data, base, teacher, estep, data, recipe, mstep, eval, report
     round: int | None
     out: Path
     marker: Path
+    after: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
@@ -70,45 +72,55 @@ def baseline_dir(cfg: Config, kind: str) -> Path:
     return Path(cfg.run_dir) / "baselines" / kind
 
 
-def model_stages(name: str, base: Path, r: int | None, cfg: Config) -> list[Stage]:
-    """recipe -> mstep -> eval under `base` (a round or a baseline)."""
-    stages = [Stage(f"{name} recipe", "recipe", r, base, base / "recipe.yaml"),
-              Stage(f"{name} mstep", "mstep", r, base / "mstep", base / "mstep" / DONE)]
+def model_stages(name: str, base: Path, r: int | None, cfg: Config, after: tuple[str, ...]) -> list[Stage]:
+    """recipe -> mstep -> eval under `base` (a round or a baseline); the recipe reads the stages `after`."""
+    if cfg.base.pretrain:
+        after += ("base model",)  # the recipe's training.init_from
+    stages = [Stage(f"{name} recipe", "recipe", r, base, base / "recipe.yaml", after),
+              Stage(f"{name} mstep", "mstep", r, base / "mstep", base / "mstep" / DONE, (f"{name} recipe",)),
+              ]
     if cfg.em.eval:
-        stages.append(Stage(f"{name} eval", "eval", r, base / "eval", base / "eval" / SUMMARY))
+        stages.append(Stage(f"{name} eval", "eval", r, base / "eval", base / "eval" / SUMMARY, (f"{name} mstep",)))
     return stages
 
 
 def base_stages(cfg: Config) -> list[Stage]:
     base = Path(cfg.run_dir) / "base"
-    stages = [Stage("base model", "base", None, base, base / "base.json")]
+    stages = [Stage("base model", "base", None, base, base / "base.json", ("setup",))]
     if cfg.em.eval:  # the reference every M-step starts from
-        stages.append(Stage("base eval", "eval", None, base / "eval", base / "eval" / SUMMARY))
+        stages.append(Stage("base eval", "eval", None, base / "eval", base / "eval" / SUMMARY, ("base model",)))
     return stages
 
 
 def warmstart_stages(cfg: Config) -> list[Stage]:
     warm = warmstart_dir(cfg)
-    return [Stage("warm-start prepare", "prepare", 0, warm / "corpus", warm / "corpus" / MANIFEST),
-            Stage("warm-start raw data", "raw_data", 0, warm / "raw" / "data", warm / "raw" / "data" / MANIFEST)]
+    return [Stage("warm-start prepare", "prepare", 0, warm / "corpus", warm / "corpus" / MANIFEST, ("setup",)),
+            Stage("warm-start raw data", "raw_data", 0, warm / "raw" / "data", warm / "raw" / "data" / MANIFEST,
+                  ("warm-start prepare",))]
 
 
 def plan(cfg: Config) -> list[Stage]:
-    run = Path(cfg.run_dir)
+    run, chunks = Path(cfg.run_dir), Path(cfg.data.chunks_dir)
+    warm = "warm-start " if cfg.warmstart.corpus else ""
     stages = [Stage("setup", "setup", None, run, run / "setup.json"),
-              Stage("prepare", "prepare", None, Path(cfg.data.chunks_dir), Path(cfg.data.chunks_dir) / MANIFEST),
-              Stage("raw data", "raw_data", None, run / "raw" / "data", run / "raw" / "data" / MANIFEST),
+              Stage("prepare", "prepare", None, chunks, chunks / MANIFEST, ("setup",)),
+              Stage("raw data", "raw_data", None, run / "raw" / "data", run / "raw" / "data" / MANIFEST, ("prepare",)),
               *(warmstart_stages(cfg) if cfg.warmstart.corpus else []),
               *(base_stages(cfg) if cfg.base.pretrain else []),
               Stage("round 0 teacher", "teacher", 0, round_dir(cfg, 0) / "teacher",
-                    round_dir(cfg, 0) / "teacher" / MANIFEST)]
+                    round_dir(cfg, 0) / "teacher" / MANIFEST, (f"{warm}prepare",))]
     for r in range(cfg.em.num_rounds + 1):
         d = round_dir(cfg, r)
         if r:
-            stages.append(Stage(f"round {r} estep", "estep", r, d / "estep", d / "estep" / MANIFEST))
-        stages.append(Stage(f"round {r} data", "data", r, d / "data", d / "data" / MANIFEST))
-        stages += model_stages(f"round {r}", d, r, cfg)
-    for kind in cfg.em.baselines:
-        stages += model_stages(f"baseline {kind}", baseline_dir(cfg, kind), None, cfg)
-    stages.append(Stage("report", "report", None, run, run / "report.md"))
+            stages.append(Stage(f"round {r} estep", "estep", r, d / "estep", d / "estep" / MANIFEST,
+                                ("prepare", f"round {r - 1} mstep")))
+        latents = f"round {r} estep" if r else "round 0 teacher"
+        stages.append(Stage(f"round {r} data", "data", r, d / "data", d / "data" / MANIFEST, (latents,)))
+        stages += model_stages(f"round {r}", d, r, cfg, (f"round {r} data",))
+    final = f"round {cfg.em.num_rounds}"
+    raw = "warm-start raw data" if baseline_raw_data(cfg) == warmstart_dir(cfg) / "raw" / "data" else "raw data"
+    reads = (raw, f"{final} data", *([f"{final} mstep"] if cfg.training.epochs is not None else []))
+    for kind in cfg.em.baselines:  # beside the rounds: they read only the final round's data (and steps)
+        stages += model_stages(f"baseline {kind}", baseline_dir(cfg, kind), None, cfg, reads)
+    stages.append(Stage("report", "report", None, run, run / "report.md", tuple(s.name for s in stages)))
     return stages

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from nemo_latent_thoughts.config import _at_least, _require
+from nemo_latent_thoughts.config import SERVER_KINDS, _at_least, _require
 
 
 @dataclass(kw_only=True)
@@ -58,6 +58,16 @@ class ClusterConfig:
     """One E-step array task (one shard group per GPU)."""
     estep_tasks: int = 16
     """E-step array tasks (`--num-shards`): task i takes every estep_tasks-th chunk shard from the i-th."""
+    estep_server: Optional[str] = None
+    """`nlt em run --cluster`: each E-step array task serves the round's model with this server (vllm,
+    sglang, trtllm) and samples through it; unset: estep.backend in process."""
+    stage: JobResources = field(default_factory=lambda: JobResources(gpus_per_node=1))
+    """`nlt em run --cluster`: the one-process heavy stages (eval, the base model, the teacher)."""
+    light: JobResources = field(default_factory=lambda: JobResources(time="01:00:00"))
+    """`nlt em run --cluster`: the light stages (setup, prepare, data, recipe, report) as jobs."""
+    light_stages: str = "job"
+    """`nlt em run --cluster`: run the light stages as small jobs (job: the queue holds whole rounds) or
+    in the driver itself (local: the driver submits past them only once they have run)."""
     poll_seconds: float = 30.0
     """Seconds between sacct polls while waiting."""
 
@@ -68,4 +78,6 @@ class ClusterConfig:
         _require("/nemo_run" not in self.job_dir, "job_dir",
                  "must not contain '/nemo_run' (NeMo-Run replaces it in every job path); rename that directory")
         _at_least(self, 1, "estep_tasks")
+        _require(self.light_stages in ("job", "local"), "light_stages", "must be job or local")
+        _require(self.estep_server in (None, *SERVER_KINDS), "estep_server", f"must be one of {', '.join(SERVER_KINDS)}")
         _require(self.poll_seconds > 0, "poll_seconds", "must be > 0")

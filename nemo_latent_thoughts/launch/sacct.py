@@ -62,11 +62,18 @@ def ended(rows: dict[str, str], tasks: Optional[set[int]] = None) -> bool:
     """True when sacct lists the job (with `tasks`: a row of each array task) and every row is final.
 
     Accounting lags: sacct can list a cancelled task before it lists its siblings, so an array has
-    ended only once every one of its tasks has a final row of its own.
+    ended only once every one of its tasks has a final row (its own, or an `ID_[0-3]` row of tasks
+    that never started).
     """
     if not rows or any(state not in ENDED for state in rows.values()):
         return False
-    listed = {int(k.rsplit("_", 1)[1]) for k in rows if "_" in k and k.rsplit("_", 1)[1].isdigit()}
+    listed = set()
+    for job in rows:
+        suffix = job.rsplit("_", 1)[1] if "_" in job else ""
+        if suffix.isdigit():
+            listed.add(int(suffix))
+        elif suffix.startswith("["):  # tasks cancelled before they started: one row, ID_[0-3]
+            listed |= array_tasks(suffix.strip("[]"))
     return tasks is None or tasks <= listed
 
 

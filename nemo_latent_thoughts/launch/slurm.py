@@ -9,12 +9,13 @@ only the tasks whose chunk shards are unfinished, so relaunching resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.data.prepare import chunks_manifest
@@ -42,7 +43,10 @@ class Submission:
         return str(Path(found.group(1)).parent) if found else None
 
 
-def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[str] = None):
+def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[str] = None,
+              after: Sequence[str] = ()):
+    """NeMo-Run's SlurmExecutor for one job; `after`: Slurm job ids it starts after (afterok), and a
+    job whose dependency fails is cancelled by Slurm instead of pending forever."""
     import nemo_run as run
 
     workdir = cluster.workdir or os.getcwd()
@@ -51,26 +55,39 @@ def _executor(cluster: ClusterConfig, resources: JobResources, array: Optional[s
         ntasks_per_node=resources.tasks_per_node, gpus_per_node=resources.gpus_per_node,
         cpus_per_task=resources.cpus_per_task, array=array, container_image=cluster.container_image,
         container_mounts=list(cluster.container_mounts), env_vars=dict(cluster.env),
-        additional_parameters={"chdir": workdir}, poll_estimated_start_time=False,
+        additional_parameters={"chdir": workdir, **({"kill_on_invalid_dep": "yes"} if after else {})},
+        dependencies=[f"slurm://job/{job_id}" for job_id in after],  # NeMo-Run reads the id after the host
+        poll_estimated_start_time=False,
         srun_args=["--container-workdir" if cluster.container_image else "--chdir", workdir],  # over NeMo-Run's
         tunnel=run.LocalTunnel(job_dir=""), packager=run.Packager())  # "": $NEMORUN_HOME/experiments
 
 
-def _nlt(cluster: ClusterConfig, *args: str):
-    import nemo_run as run
+@contextlib.contextmanager
+def _own_logging() -> Iterator[None]:
+    """Keep the root logger's handlers and level: a NeMo-Run Experiment replaces them with its own
+    (rich, wrapped at 80 columns) and removes them on exit, which silenced our logs after a submission."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
-    return run.Script(path="nemo_latent_thoughts.cli", args=list(args), entrypoint=cluster.python, m=True)
 
-
-def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission:
-    """Submit one task through a NeMo-Run experiment (or only write its sbatch script)."""
+def submit(name: str, args: Sequence[str], cluster: ClusterConfig, resources: JobResources,
+           array: Optional[str] = None, after: Sequence[str] = (), dryrun: bool = False) -> Submission:
+    """Submit `nlt ARGS` as one Slurm job (`array`: a job array) through a NeMo-Run experiment, or
+    only write its sbatch script (`dryrun`). `name`: the job's name ([A-Za-z0-9_-])."""
     import nemo_run as run
     from nemo_run.config import set_nemorun_home
 
-    if job_dir:  # a local tunnel only works in NeMo-Run's home (its job_dir must stay "")
-        set_nemorun_home(job_dir)
-    with run.Experiment(name, executor=executor, log_level="WARN", clean_mode=True,
-                        enable_goodbye_message=False) as exp:
+    task = run.Script(path="nemo_latent_thoughts.cli", args=list(args), entrypoint=cluster.python, m=True)
+    executor = _executor(cluster, resources, array, after)
+    if cluster.job_dir:  # a local tunnel only works in NeMo-Run's home (its job_dir must stay "")
+        set_nemorun_home(cluster.job_dir)
+    with _own_logging(), run.Experiment(name, executor=executor, log_level="WARN", clean_mode=True,
+                                        enable_goodbye_message=False) as exp:
         exp.add(task, name=name)
         if dryrun:
             exp.dryrun(log=False, delete_exp_dir=False)
@@ -86,6 +103,19 @@ def _submit(name: str, task, executor, job_dir: str, dryrun: bool) -> Submission
     return Submission(name, script_path.read_text(encoding="utf-8"), job_id, executor.array)
 
 
+def mstep_args(cluster: ClusterConfig, recipe: str | Path) -> list[str]:
+    """The `nlt` command of an M-step job on the recipe (cluster.mstep_command on cluster.mstep)."""
+    args = [cluster.mstep_command, str(recipe)]
+    if cluster.mstep_command == "mstep-nemo":
+        args += ["--nodes", str(cluster.mstep.nodes), "--gpus", str(cluster.mstep.tasks_per_node)]
+    return args
+
+
+def array_spec(tasks: list[int], num_tasks: int) -> str:
+    """sbatch --array of `tasks` out of `num_tasks`."""
+    return f"0-{num_tasks - 1}" if len(tasks) == num_tasks else ",".join(map(str, tasks))
+
+
 def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun: bool = False) -> Optional[Submission]:
     """Submit the round's M-step (`nlt mstep-nemo`, `mstep-bridge` or `train` of `recipe`) as one multi-node job;
     None when it is already done (both write `done.json` last)."""
@@ -95,19 +125,17 @@ def launch_mstep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
         log.info("launch: M-step %s is complete; nothing to submit", cfg.training.out_dir)
         return None
     r = cluster.mstep
-    args = [cluster.mstep_command, str(recipe)]
-    if cluster.mstep_command == "mstep-nemo":
-        args += ["--nodes", str(r.nodes), "--gpus", str(r.tasks_per_node)]
-    sub = _submit("mstep", _nlt(cluster, *args), _executor(cluster, r), cluster.job_dir, dryrun)
+    sub = submit("mstep", mstep_args(cluster, recipe), cluster, r, dryrun=dryrun)
     log.info("launch: M-step of %s %s (%d nodes x %d tasks)", recipe, "dry run" if dryrun else f"job {sub.job_id}",
              r.nodes, r.tasks_per_node)
     return sub
 
 
-def unfinished_estep_tasks(cfg: Config, num_tasks: int) -> list[int]:
-    """Array tasks (of `num_tasks`) that still own a chunk shard without its E-step output."""
+def unfinished_estep_tasks(cfg: Config, num_tasks: int, out: Optional[Path] = None) -> list[int]:
+    """Array tasks (of `num_tasks`) that still own a chunk shard without its E-step output in `out`
+    (default: estep.out_dir)."""
     shards = len(chunks_manifest(Path(cfg.data.chunks_dir))["shards"])
-    out = Path(cfg.estep.out_dir)
+    out = Path(out or cfg.estep.out_dir)
     return sorted({i % num_tasks for i in range(shards) if not (out / shard_output_name(i)).exists()})
 
 
@@ -120,11 +148,10 @@ def launch_estep(cfg: Config, recipe: str | Path, cluster: ClusterConfig, dryrun
     if not todo:
         log.info("launch: E-step %s is complete; nothing to submit", cfg.estep.out_dir)
         return None
-    array = f"0-{n - 1}" if len(todo) == n else ",".join(map(str, todo))
+    array = array_spec(todo, n)
     serve = ["--serve", server] if server else []
-    task = _nlt(cluster, "estep", str(recipe), "--shard", "$SLURM_ARRAY_TASK_ID", "--num-shards", str(n), *serve)
-    sub = _submit("estep", task, _executor(cluster, cluster.estep, array=array), cluster.job_dir,
-                  dryrun)
+    args = ["estep", str(recipe), "--shard", "$SLURM_ARRAY_TASK_ID", "--num-shards", str(n), *serve]
+    sub = submit("estep", args, cluster, cluster.estep, array=array, dryrun=dryrun)
     log.info("launch: E-step array %s of %d tasks: %s", array, n, "dry run" if dryrun else f"job {sub.job_id}")
     return sub
 
