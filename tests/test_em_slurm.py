@@ -16,7 +16,15 @@ from nemo_latent_thoughts.em.queue import job_state, load_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.nemo]
 
-ONE_ROUND = [*TINY, "em.num_rounds=1", "em.baselines=[raw_tokens]"]  # every kind of stage, 17 jobs
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo_cpu.yaml"
+# `make demo`'s recipe with one EM round, reduced to seconds a stage: every kind of stage, 24 jobs (a base
+# model, a warm start, both baselines); two micro-batches per global batch, one per rank on two nodes.
+SMALL_DEMO = [str(DEMO), "synthetic.num_docs=12", "warmstart.synthetic_docs=8", "base.synthetic_docs=20",
+              "base.max_tokens=20000", "tokenizer.vocab_size=320", "training.seq_length=64",
+              "training.micro_batch_size=2", "training.epochs=2", "training.save_every=10", "training.eval_every=10",
+              "estep.max_new_tokens=8", "estep.num_samples=2", "em.synthetic_eval_examples=4", "eval.seeds=[0]",
+              "eval.max_new_tokens=8", "eval.elbo_chunks=2", "eval.elbo_samples=2", "eval.max_prompt_tokens=96",
+              "em.num_rounds=1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the jobs' own setting (below): the same arithmetic here
 
 
@@ -56,14 +64,14 @@ def slurm_jobs() -> set[str]:
 @pytest.mark.timeout(1200)
 def test_an_em_run_on_the_cluster_equals_a_local_run_and_reruns_resubmit_nothing(tmp_path):
     local, cluster = tmp_path / "local", tmp_path / "cluster"
-    rc, out = run(nlt("em", "run", f"run_dir={local}", *ONE_ROUND))
+    rc, out = run(nlt("em", "run", *SMALL_DEMO, f"run_dir={local}"))
     assert rc == 0, out[-3000:]
     before = slurm_jobs()
-    args = nlt("em", "run", f"run_dir={cluster}", *ONE_ROUND, *on_cluster(tmp_path))
+    args = nlt("em", "run", *SMALL_DEMO, f"run_dir={cluster}", *on_cluster(tmp_path))
     rc, out = run([*args, "--detach"])
     assert rc == 0 and "stages queued or running on the cluster" in out, out[-3000:]
     submitted = job_ids(cluster)
-    assert len(submitted) == 17
+    assert len(submitted) == 24
     rc, out = run([*args, "--detach"])  # nothing is resubmitted while it is queued or running
     assert rc == 0 and job_ids(cluster) == submitted, out[-3000:]
 
@@ -74,12 +82,13 @@ def test_an_em_run_on_the_cluster_equals_a_local_run_and_reruns_resubmit_nothing
     assert rc == 0 and "EM run complete" in out, out[-3000:]
     assert job_ids(cluster) == submitted and slurm_jobs() - before == set(submitted.values())  # each stage once
 
-    assert outputs(cluster) == outputs(local) and len(outputs(local)) >= 20
-    for r in (0, 1):
-        assert json.loads((cluster / f"round_{r:02d}" / "mstep" / "done.json").read_text())["world_size"] == 2
-        nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList,NNodes", "-j",
-                                submitted[f"round {r} mstep"]], capture_output=True, text=True).stdout.split()
-        assert nodes == ["n[1-2]|2"]
+    assert outputs(cluster) == outputs(local) and len(outputs(local)) >= 30
+    for mstep in ("round_00", "round_01", "baselines/raw_tokens", "baselines/flops"):
+        assert json.loads((cluster / mstep / "mstep" / "done.json").read_text())["world_size"] == 2
+    for stage in ("round 0 mstep", "round 1 mstep", "baseline flops mstep"):
+        nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList,NNodes", "-j", submitted[stage]],
+                               capture_output=True, text=True).stdout.split()
+        assert nodes == ["n[1-2]|2"], stage
     rc, out = run(nlt("em", "status", str(cluster), "--jobs"))
     assert rc == 0 and re.search(rf"round 1 mstep +done +job {submitted['round 1 mstep']}\n", out), out
 
