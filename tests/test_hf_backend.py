@@ -19,6 +19,9 @@ def test_scores_equal_a_plain_forward_pass(backend):
     prefix = rng.integers(0, 300, size=12).tolist()  # four continuations sharing one prefill
     sequences += [prefix + rng.integers(0, 300, size=n).tolist() for n in (1, 6, 3, 9)]
     spans += [(12, 13), (12, 18), (12, 15), (12, 21)]
+    longer = prefix + sequences[-1][12:19]  # prefixes extending that one (the E-step's q prompt extends p's)
+    sequences += [longer + rng.integers(0, 300, size=4).tolist(), longer[:15] + [7, 8], longer + [5]]
+    spans += [(19, 23), (15, 17), (19, 20)]
     scores = backend.score(sequences, spans)
     for seq, (start, end), score in zip(sequences, spans, scores):
         with torch.no_grad():

@@ -4,12 +4,14 @@ Sampling is batched with a KV cache and left padding; each distinct prompt is pr
 its cache shared by its K samples; each request draws from the full softmax at temperature 1 (no
 top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other requests
 share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
-sequences sharing the tokens before their span share one prefill of them; only span positions go
-through the output layer, so long sequences with large vocabularies fit in memory.
+sequences sharing the tokens before their span share one prefill of them, and a prefix that extends
+another prefills only its own tokens; only span positions go through the output layer, so long
+sequences with large vocabularies fit in memory.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Sequence
 
@@ -117,39 +119,53 @@ class HFBackend:
     @torch.no_grad()
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
         """Teacher-forced span log-probs. Sequences that share the tokens before their span (the K
-        samples of a chunk) share one prefill of that prefix through the KV cache."""
+        samples of a chunk) share one prefill of that prefix through the KV cache, and a prefix that
+        extends another group's prefix (the E-step's q prompt `BOS c SOL EOL x SOL POST` extends its
+        p prefix `BOS c SOL`) is prefilled as that prefix's cache plus its own remaining tokens."""
         groups: dict[tuple[int, ...], list[int]] = {}
         check_spans(sequences, spans)
         for i, (seq, (start, _)) in enumerate(zip(sequences, spans)):
             groups.setdefault(tuple(seq[:start]), []).append(i)
         scores = [0.0] * len(sequences)
-        for prefix, members in groups.items():
-            for batch in _batches(members, self.score_batch_size):
-                for i, value in zip(batch, self._score_group(prefix, [sequences[i][len(prefix):spans[i][1]]
-                                                                      for i in batch])):
+        chain: list[tuple[tuple[int, ...], object]] = []  # the prefixes of the current one, with their caches
+        for prefix in sorted(groups):  # a prefix sorts before every sequence it starts
+            while chain and prefix[:len(chain[-1][0])] != chain[-1][0]:
+                chain.pop()
+            cache, first = self._prefill(prefix, *(chain[-1] if chain else ((), None)))
+            chain.append((prefix, cache))
+            for batch in _batches(groups[prefix], self.score_batch_size):
+                targets = [sequences[i][len(prefix):spans[i][1]] for i in batch]
+                scores_of_batch = self._score_targets(copy.deepcopy(cache), len(prefix), first, targets)
+                for i, value in zip(batch, scores_of_batch):
                     scores[i] = value
         return scores
 
-    def _score_group(self, prefix: tuple[int, ...], targets: list[Sequence[int]]) -> list[float]:
-        """Sum of log p(target | prefix) for continuations of one shared prefix."""
+    def _prefill(self, prefix: tuple[int, ...], done: tuple[int, ...], cache):
+        """The KV cache of `prefix` (from the cache of its start `done`, if any) and the log-probs of
+        the token after it."""
         from transformers import DynamicCache
 
-        cache = DynamicCache()
-        ids = torch.as_tensor(prefix)[None]
-        first = torch.log_softmax(self._forward(ids, torch.ones_like(ids), torch.arange(len(prefix))[None], cache,
-                                                keep_last=True).float(), -1)[0]
+        cache = DynamicCache() if cache is None else copy.deepcopy(cache)
+        ids = torch.as_tensor(prefix[len(done):])[None]
+        logits = self._forward(ids, torch.ones(1, len(prefix), dtype=torch.long),
+                               torch.arange(len(done), len(prefix))[None], cache, keep_last=True)
+        return cache, torch.log_softmax(logits.float(), -1)[0]
+
+    def _score_targets(self, cache, start: int, first: torch.Tensor, targets: list[Sequence[int]]) -> list[float]:
+        """Sum of log p(target | prefix) for continuations of one prefill (`cache` of `start` tokens,
+        `first`: the log-probs after it); `cache` is consumed."""
         scores = [first[t[0]].item() for t in targets]
         width = max(len(t) for t in targets) - 1
         if width == 0:
             return scores
         cache.batch_repeat_interleave(len(targets))
         ids = torch.zeros(len(targets), width, dtype=torch.long)
-        mask = torch.cat([torch.ones(len(targets), len(prefix), dtype=torch.long),
+        mask = torch.cat([torch.ones(len(targets), start, dtype=torch.long),
                           torch.zeros(len(targets), width, dtype=torch.long)], dim=1)
         for row, t in enumerate(targets):
             ids[row, :len(t) - 1] = torch.as_tensor(t[:-1])
-            mask[row, len(prefix):len(prefix) + len(t) - 1] = 1
-        positions = torch.arange(len(prefix), len(prefix) + width)[None].expand(len(targets), -1)
+            mask[row, start:start + len(t) - 1] = 1
+        positions = torch.arange(start, start + width)[None].expand(len(targets), -1)
         hidden = self._forward(ids, mask, positions, cache, keep_last=False)
         for row, t in enumerate(targets):
             if len(t) > 1:
