@@ -12,6 +12,7 @@ import pytest
 from nemo_latent_thoughts.cli import main
 from nemo_latent_thoughts.config import load_config, save_config
 from nemo_latent_thoughts.launch import sacct
+from nemo_latent_thoughts.launch.cluster import ClusterConfig
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -119,8 +120,6 @@ def test_bad_cluster_yaml_is_a_one_line_error(planned_round, capsys, override, m
 
 
 def test_every_example_cluster_yaml_loads():
-    from nemo_latent_thoughts.launch.cluster import ClusterConfig
-
     for path in sorted((ROOT / "examples").glob("cluster_*.yaml")):
         assert load_config(path, schema=ClusterConfig).account
 
@@ -196,3 +195,43 @@ def test_finished_mstep_is_not_submitted_again(planned_round, tmp_path, capsys):
     (Path(cfg.training.out_dir) / "done.json").write_text("{}")
     assert main(["launch", "mstep", str(recipe), "--cluster", str(CLUSTER), "--dryrun"]) == 0
     assert "mstep: complete; nothing to submit" in capsys.readouterr().out
+
+
+def test_em_on_a_cluster_submits_each_stage_after_the_jobs_it_reads(tmp_path, monkeypatch):
+    """`nlt em run --cluster`'s wiring without a cluster: the job of each stage (the M-step engine's own
+    command on the M-step nodes, the E-step array serving its model), chained by `afterok` on the jobs of
+    `Stage.after`; a second pass while they are queued submits nothing."""
+    from nemo_latent_thoughts.em import queue
+    from nemo_latent_thoughts.em.plan import plan
+    from nemo_latent_thoughts.launch import slurm
+    from nemo_latent_thoughts.launch.slurm import Submission
+
+    submitted = []
+
+    def submit(name, args, cluster, resources, array=None, after=(), dryrun=False):
+        submitted.append((name, list(args), resources, array, list(after)))
+        return Submission(name, "", str(100 + len(submitted)), array)
+
+    monkeypatch.setattr(slurm, "submit", submit)
+    monkeypatch.setattr(queue.sacct, "states", lambda job_id: {job_id: "PENDING"})
+    cfg = load_config(None, [f"run_dir={tmp_path}", "em.num_rounds=1"])
+    cluster = load_config(CLUSTER, ["mstep_command=mstep-bridge", "estep_server=vllm", "estep_tasks=3"],
+                          schema=ClusterConfig)
+    q = queue.Queue(cfg, cluster, tmp_path)
+    assert not q.advance()
+    stages = {s.name: s for s in plan(cfg)}
+    assert [name for name, *_ in submitted] == [queue.slug(name) for name in stages]
+    job = {name: str(101 + i) for i, name in enumerate(stages)}
+    for (name, args, resources, array, after), stage in zip(submitted, stages.values()):
+        assert after == [job[d] for d in stage.after], name
+        if stage.kind == "mstep":
+            assert args == ["mstep-bridge", str(stage.out.parent / "recipe.yaml")] and resources is cluster.mstep
+        elif stage.kind == "estep":
+            assert array == "0-2" and resources is cluster.estep
+            assert args == ["em", "stage", str(tmp_path), "round-1-estep", "--shard", "$SLURM_ARRAY_TASK_ID",
+                            "--num-shards", "3", "--serve", "vllm"]
+        else:
+            assert args == ["em", "stage", str(tmp_path), queue.slug(stage.name)]
+            assert resources is (cluster.light if stage.kind in queue.LIGHT else cluster.stage)
+    assert queue.load_jobs(tmp_path)["round 1 mstep"].job_id == job["round 1 mstep"]
+    assert not q.advance() and len(submitted) == len(stages)  # queued: nothing is submitted again

@@ -54,6 +54,7 @@ def test_a_server_estep_equals_the_hf_one_through_transient_faults(written_run, 
     assert manifest["backend"] == "server" and manifest["chunks_failed"] == 0
 
 
+@pytest.mark.faults
 def test_prompts_that_always_fail_soft_fail_their_chunks_and_are_counted(written_run, trained_model, hf_run,
                                                                            tmp_path):
     fake = FakeCompletions(trained_model, dead=0.2).start()
@@ -67,6 +68,7 @@ def test_prompts_that_always_fail_soft_fail_their_chunks_and_are_counted(written
     assert json.loads((out / "manifest.json").read_text())["chunks_failed"] == len(failed)
 
 
+@pytest.mark.faults
 def test_a_server_killed_mid_run_stops_the_estep_with_one_line_and_a_rerun_completes_the_same_shards(
         written_run, trained_model, hf_run, tmp_path):
     from nemo_latent_thoughts.sampler.serve import free_port
