@@ -5,6 +5,7 @@ Each stage writes atomically and marks itself done last, so the run can be kille
 r >= 1 samples latents for the whole corpus with round r-1's model, then trains from the base model
 again on them. Baselines train on the raw data by the same recipe. The driver holds `run_dir/.lock`
 (one driver per run; `nlt em status` reads it); `run_dir/timings.json` sums each stage's wall time.
+With a cluster (`nlt em run --cluster`), `em.queue` runs each stage as a Slurm job instead.
 """
 
 from __future__ import annotations

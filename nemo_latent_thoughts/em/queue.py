@@ -96,7 +96,7 @@ def log_file(job: Job) -> str:
 
 
 class Queue:
-    """One pass over the plan submits what can be submitted (`advance`); `run` repeats it until done."""
+    """One pass over the plan submits what can be submitted (`advance`); `run_until_done` repeats it."""
 
     def __init__(self, cfg: Config, cluster: ClusterConfig, run_dir: Path):
         self.cfg, self.cluster, self.run = cfg, cluster, run_dir
