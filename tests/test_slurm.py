@@ -18,7 +18,7 @@ from nemo_latent_thoughts.launch import sacct
 from nemo_latent_thoughts.launch.slurm import unfinished_estep_tasks
 from nemo_latent_thoughts.train.trainer import train
 from test_estep import estep_cfg, shard_bytes
-from test_trainer import final_weights, metrics, training_cfg
+from test_trainer import final_weights, training_cfg
 
 pytestmark = [pytest.mark.slurm, pytest.mark.nemo]
 
@@ -92,19 +92,6 @@ def reference(written_run, trained_model, tmp_path_factory):
     return run_estep(small_estep(written_run, trained_model, tmp_path_factory.mktemp("estep") / "ref"))
 
 
-def test_estep_array_equals_a_local_run_and_wait_returns_when_it_ends(reference, written_run, trained_model,
-                                                                      tmp_path):
-    cfg = small_estep(written_run, trained_model, tmp_path / "estep")
-    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
-    assert rc == 0, out[-3000:]
-    job = re.search(r"submitted job (\d+) \(array 0-3\)", out).group(1)
-    assert all(f"{job}_{t} COMPLETED" in out for t in range(4)), out[-2000:]
-    assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)
-    assert (tmp_path / "estep" / "manifest.json").read_bytes() != b""
-    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
-    assert rc == 0 and "estep: complete; nothing to submit" in out
-
-
 def test_killed_array_task_is_all_a_relaunch_runs(reference, written_run, trained_model, tmp_path):
     cfg = small_estep(written_run, trained_model, tmp_path / "estep")
     rc, out = nlt_launch("estep", cfg, tmp_path)
@@ -120,29 +107,14 @@ def test_killed_array_task_is_all_a_relaunch_runs(reference, written_run, traine
     left = unfinished_estep_tasks(cfg, 4)
     assert int(victim.split("_")[1]) in left and len(left) < 4
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "estep").glob("shard_*.jsonl")}
-    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
+    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")  # returns when the array has ended
     assert rc == 0, out[-3000:]
-    assert f"(array {','.join(map(str, left))})" in out
-    assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)
+    again = re.search(rf"submitted job (\d+) \(array {','.join(map(str, left))}\)", out).group(1)
+    assert all(f"{again}_{t} COMPLETED" in out for t in left), out[-2000:]
+    assert shard_bytes(tmp_path / "estep") == shard_bytes(reference)  # the same bytes as a local run
     assert {n: (tmp_path / "estep" / n).stat().st_mtime_ns for n in finished} == finished  # not redone
-
-
-def test_two_node_job_trains_data_parallel_like_one_process(written_run, tmp_path):
-    single = train(training_cfg(written_run, tmp_path / "one", max_steps=4, save_every=4))
-    cfg = training_cfg(written_run, tmp_path / "two", max_steps=4, save_every=4)
-    rc, out = nlt_launch("mstep", cfg, tmp_path, "--wait")
-    assert rc == 0, out[-3000:]
-    two = Path(cfg.training.out_dir)
-    done = json.loads((two / "done.json").read_text())
-    assert done["world_size"] == 2
-    job = re.search(r"submitted job (\d+)", out).group(1)
-    nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList,NNodes", "-j", job], capture_output=True,
-                           text=True, check=True).stdout.split()
-    assert nodes == ["n[1-2]|2"]  # one task on each node
-    for a, b in zip(metrics(single), metrics(two)):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    ours, theirs = final_weights(two), final_weights(single)
-    assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
+    rc, out = nlt_launch("estep", cfg, tmp_path, "--wait")
+    assert rc == 0 and "estep: complete; nothing to submit" in out
 
 
 def test_an_estep_task_that_fails_twice_is_reported_each_time_and_a_relaunch_finishes(reference, written_run,
@@ -237,6 +209,9 @@ def test_a_node_lost_during_a_two_node_mstep_requeues_the_job_and_its_rerun_resu
     job = re.search(r"submitted job (\d+)", out).group(1)
     assert f"job {job} was requeued by Slurm" in out and f"{job} COMPLETED" in out, out[-3000:]
     assert json.loads((out_dir / "done.json").read_text())["world_size"] == 2
+    nodes = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList,NNodes", "-j", job], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert nodes == ["n[1-2]|2"]  # one task on each node
     assert kept and len(kept) < 16
     assert {n: (out_dir / "checkpoints" / n).stat().st_mtime_ns for n in kept} == kept  # resumed, not redone
     single = train(training_cfg(written_run, tmp_path / "one", max_steps=160, save_every=160))
