@@ -18,7 +18,7 @@ PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versi
 BRIDGE_VENV ?= .venv-bridge
 BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest test-vllm gpu-wheels gpu-check venv clean
+.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest test-vllm gpu-wheels gpu-check venv venv-bridge venv-vllm clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -116,8 +116,11 @@ gpu-wheels:
 gpu-check:
 	bash benchmarks/gpu_check/run.sh
 
-# The environment `make test` uses, without running anything.
+# The environments `make test`, `make test-bridge` and `make test-vllm` use, without running anything
+# (.ci/run builds the last two while `make test` runs).
 venv: $(TEST_STAMP)
+venv-bridge: $(BRIDGE_STAMP)
+venv-vllm: $(VLLM_STAMP)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
