@@ -116,8 +116,7 @@ gpu-wheels:
 gpu-check:
 	bash benchmarks/gpu_check/run.sh
 
-# The environments `make test`, `make test-bridge` and `make test-vllm` use, without running anything
-# (.ci/run builds the last two while `make test` runs).
+# The environments `make test`, `make test-bridge` and `make test-vllm` use, without running anything.
 venv: $(TEST_STAMP)
 venv-bridge: $(BRIDGE_STAMP)
 venv-vllm: $(VLLM_STAMP)
