@@ -71,9 +71,10 @@ def _cmd_em_status(args, cfg) -> None:
 def _cmd_em_stage(args, cfg) -> None:
     from nemo_latent_thoughts.em.base import run_tokenizer
     from nemo_latent_thoughts.em.driver import run_stage
-    from nemo_latent_thoughts.em.queue import config_of, find_stage
+    from nemo_latent_thoughts.em.plan import run_config
+    from nemo_latent_thoughts.em.queue import find_stage
 
-    cfg = run_tokenizer(config_of(args.run_dir))
+    cfg = run_tokenizer(run_config(args.run_dir))
     stage = find_stage(cfg, args.stage)
     if stage.done:
         print(f"em: {stage.name}: done; nothing to do")

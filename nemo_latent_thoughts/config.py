@@ -30,7 +30,7 @@ SPEED_ONLY_KEYS = frozenset({
     "data.workers", "estep.batch_size", "estep.score_batch_size", "estep.chunks_per_part", "eval.batch_size",
     "training.log_every", "training.save_every", "training.keep_last", "teacher.concurrency", "teacher.timeout_s",
     "teacher.max_retries", "teacher.backoff_s", "teacher.max_backoff_s", "teacher.api_key_env",
-    "teacher.price_prompt_per_mtok", "em.retries", "teacher.price_completion_per_mtok", "teacher.batch_discount",
+    "teacher.price_prompt_per_mtok", "teacher.price_completion_per_mtok", "teacher.batch_discount", "em.retries",
     *(f"estep.server.{k}" for k in ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
                                      "max_backoff_s", "ready_timeout_s", "launch", "args")),
 })

@@ -22,7 +22,7 @@ from nemo_latent_thoughts import fileio, locks, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.em.base import base_model, pretrain_base, run_tokenizer, write_synthetic_base_corpus
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
-                                          round_latents)
+                                          round_latents, run_config)
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.launch.cluster import ClusterConfig
 from nemo_latent_thoughts.teacher.run import check_teacher
@@ -206,9 +206,7 @@ def _run_stages(cfg: Config, run: Path, until: Optional[str]) -> None:
 def status(run_dir: str | Path) -> list[tuple[str, str]]:
     """(stage, done | running | partial | pending) for the run in `run_dir`."""
     run = Path(run_dir)
-    if not (run / "config.yaml").exists():
-        raise NLTError(f"{run}: no config.yaml; not an EM run directory (start one with `nlt em run RECIPE`)")
-    cfg = config_lib.load_config(run / "config.yaml", [f"run_dir={run.resolve()}"])
+    cfg = run_config(run)
     alive = locks.holder(run) is not None
     rows, current = [], True
     for stage in plan(cfg):

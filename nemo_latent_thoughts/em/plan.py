@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts.config import Config
+from nemo_latent_thoughts.errors import NLTError
 
 MANIFEST, DONE, SUMMARY = "manifest.json", "done.json", "summary.json"
 
@@ -38,6 +40,15 @@ class Stage:
     @property
     def done(self) -> bool:
         return self.marker.exists()
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The config an EM run directory was made with, its run_dir where the directory is now."""
+    run = Path(run_dir)
+    saved = run / config_lib.RESOLVED_CONFIG_NAME
+    if not saved.exists():
+        raise NLTError(f"{run}: no {saved.name}; not an EM run directory (start one with `nlt em run RECIPE`)")
+    return config_lib.load_config(saved, [f"run_dir={run.resolve()}"])
 
 
 def round_dir(cfg: Config, r: int) -> Path:

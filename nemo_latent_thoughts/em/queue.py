@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio, locks
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.em.plan import Stage, plan
@@ -227,10 +226,3 @@ def stage_rows(run_dir: Path) -> dict[str, tuple[str, str]]:
             f", log {log_file(job)}" if ended and state != "COMPLETED" else "")
     return rows
 
-
-def config_of(run_dir: Path) -> Config:
-    """The config a run directory was made with (jobs read only the run directory)."""
-    saved = run_dir / config_lib.RESOLVED_CONFIG_NAME
-    if not saved.exists():
-        raise NLTError(f"{run_dir}: no {saved.name}; not an EM run directory (start one with `nlt em run RECIPE`)")
-    return config_lib.load_config(saved, [f"run_dir={run_dir.resolve()}"])

@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts import fileio
-from nemo_latent_thoughts.em.plan import DONE, MANIFEST, SUMMARY, baseline_dir, baseline_raw_data, round_dir
-from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, SUMMARY, baseline_dir, baseline_raw_data, round_dir,
+                                          run_config)
 
 FORMS = ("flexible", "strict")  # answer extraction (eval/grade.py)
 
@@ -35,7 +34,7 @@ def accuracy(summary: Optional[dict], mode: str, form: str = "flexible") -> Opti
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Per round and per baseline: E-step metrics, data sizes, training and eval results; costs."""
-    cfg = config_lib.load_config(run_dir / "config.yaml", [f"run_dir={run_dir.resolve()}"])
+    cfg = run_config(run_dir)
     rows = []
     for r in range(cfg.em.num_rounds + 1):
         d = round_dir(cfg, r)
@@ -141,8 +140,6 @@ def plot(results: dict, path: Path) -> None:
 def write_report(run_dir: str | Path) -> Path:
     """(Re)build `run_dir/report.md` and `run_dir/report.png`; returns the markdown's path."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise NLTError(f"{run_dir}: no config.yaml; not an EM run directory")
     results = collect(run_dir)
     cfg, modes = results["cfg"], results["cfg"].eval.modes
     header = ["model", *[f"{form} ({m})" for form in FORMS for m in modes], "held-out ELBO/tok", "held-out log p/tok",
