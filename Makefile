@@ -5,6 +5,10 @@ VENV ?= .venv
 # CPU machines: the local CPU wheel of torch, never a CUDA build (see constraints/cpu.txt).
 CONSTRAINTS ?= constraints/cpu.txt
 PYTEST_ARGS ?=
+# pytest-xdist workers for the suites; tests/conftest.py gives each worker its share of the cores
+# (OMP_NUM_THREADS = cores / workers, inherited by the processes a test starts): 2 workers of one
+# thread take 7.5 min where one worker of two threads took 12 (2 cores; two threads each: no gain).
+WORKERS ?= 2
 
 BIN := $(VENV)/bin
 HASH := $(shell cat pyproject.toml $(CONSTRAINTS) constraints/test-assets.txt | sha1sum | cut -c1-12)
@@ -33,7 +37,7 @@ claims-bolt: $(CORE_STAMP)
 
 # Default suite: fast CPU tests; gpu/trtllm/nemo tests skip themselves when unsupported.
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-slow: $(TEST_STAMP)
@@ -41,10 +45,9 @@ test-slow: $(TEST_STAMP)
 
 # Fault injection at full strength (README, "Reliability"): the fuzzer's 10,000 inputs per reader, a
 # 500 MB single document, 30 kill -9 at random moments of an EM run; the fast ones are in `make test`.
-# Two workers each (pytest-xdist): about 4 + 3 min on 2 cores.
 test-faults: $(TEST_STAMP)
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n 2 tests/test_fuzz.py $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -n 2 --run-slow -m "slow and faults" $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(WORKERS) tests/test_fuzz.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --run-slow -m "slow and faults" $(PYTEST_ARGS)
 
 # Dependencies at both ends of their ranges (Python 3.11, the local CPU torch): the newest releases
 # pyproject.toml admits, re-resolved every run, and every core and dev dependency at its floor
@@ -57,7 +60,7 @@ test-newest:
 	$(NEWEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(CONSTRAINTS) -e ".[dev]"
 	$(NEWEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(transformers|tokenizers|megatron-core|nltk|numpy|omegaconf)=='
-	$(NEWEST_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(NEWEST_VENV)/bin/python -m pytest -n $(WORKERS) -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-oldest:
@@ -65,7 +68,7 @@ test-oldest:
 	$(PYTHON) constraints/lower_bounds.py > $(OLDEST_VENV)/lower-bounds.txt
 	$(OLDEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c $(OLDEST_VENV)/lower-bounds.txt -e ".[dev]"
 	$(OLDEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
-	$(OLDEST_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(OLDEST_VENV)/bin/python -m pytest -n $(WORKERS) -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 # Starts the local two-node test cluster (root, Debian packages; returns at once if it is up).
@@ -77,7 +80,7 @@ test-slurm: $(TEST_STAMP)
 # transformers 5) plus the Megatron-Bridge tests (tests/test_bridge.py; Transformer Engine stubbed,
 # as CPU machines lack it).
 test-bridge: $(BRIDGE_STAMP)
-	$(BRIDGE_VENV)/bin/python -m pytest -n 2 -m "not faults" $(PYTEST_ARGS); rc=$$?; \
+	$(BRIDGE_VENV)/bin/python -m pytest -n $(WORKERS) -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 $(BRIDGE_STAMP): constraints/bridge.txt constraints/test-assets.txt

@@ -10,7 +10,15 @@ import sys
 import time
 
 import pytest
-import torch
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if WORKERS:  # pytest -n N: each worker and the processes its tests start get their share of the cores
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))
+
+import torch  # noqa: E402
+
+if WORKERS:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import SyntheticConfig

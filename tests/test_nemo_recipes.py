@@ -1,4 +1,5 @@
-"""The recipes: found through the `nemo_run.cli` entry point, built, overridden, dry-run."""
+"""The `nemo` extra's NeMo 2 LLM collection and NeMo-Run import beside our package, and the recipes are
+found through the `nemo_run.cli` entry point, built, overridden, dry-run."""
 
 import dataclasses
 import json
@@ -28,7 +29,7 @@ from importlib import metadata
 eps = {ep.name: ep.value for ep in metadata.entry_points().select(group="nemo_run.cli")}
 from nemo.collections import llm
 assert "nemo_latent_thoughts.nemo.recipes" not in sys.modules
-out = {"entry_points": eps}
+out = {"entry_points": eps, "slurm_executor": hasattr(run, "SlurmExecutor"), "pretrain": callable(llm.pretrain)}
 for name in sys.argv[1:]:
     recipe = run.cli.resolve_factory(get_type_namespace(llm.pretrain), name)()
     c = recipe.model.config
@@ -50,6 +51,7 @@ def test_factories_are_found_through_the_entry_point_as_nemo_run_finds_them(tmp_
     result = json.loads(stdout.split("RESULT ", 1)[1])
     assert result["entry_points"]["nlt"] == "nemo_latent_thoughts.nemo.recipes"
     assert result["entry_points"]["llm"] == "nemo.collections.llm"
+    assert result["slurm_executor"] and result["pretrain"]
     from nemo_latent_thoughts.model.presets import PRESETS
 
     for name, preset in FACTORIES.items():
