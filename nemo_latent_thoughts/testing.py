@@ -307,15 +307,22 @@ def smollm2_hf_dir(out_dir: str | Path) -> Path | None:
         return None
     out_dir = Path(out_dir)
     if not (out_dir / "config.json").exists():
+        import functools
+        from unittest import mock
+
+        import gguf
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from nemo_latent_thoughts import fileio
 
         package = Path(list(spec.submodule_search_locations)[0])
-        loaded = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        # transformers reads the file's metadata (a 49k-token vocabulary, ~9 s) once per call, four
+        # times in all: one reader serves them (transformers imports GGUFReader from gguf when called).
+        with mock.patch.object(gguf, "GGUFReader", functools.cache(gguf.GGUFReader)):
+            loaded = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
         model = type(loaded)(loaded.config)  # a plain copy: transformers >= 5.13 will not save a GGUF-loaded model
         model.load_state_dict(loaded.state_dict())
-        tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, local_files_only=True)
         with fileio.atomic_path(out_dir) as tmp:
             model.save_pretrained(str(tmp))
             tokenizer.save_pretrained(str(tmp))

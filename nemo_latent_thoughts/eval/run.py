@@ -64,16 +64,23 @@ def _strict_part(path: Path, items: list[EvalItem], template: str) -> list[bool]
             for item, line in zip(items, path.open(encoding="utf-8"))]
 
 
-def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
-    """The first `eval.elbo_chunks` chunks of `eval.elbo_corpus`, read and chunked like the training corpus."""
-    from nemo_latent_thoughts.estep import chunk_inputs
-
+def heldout_records(cfg: Config) -> list[dict]:
+    """Chunk records of `eval.elbo_corpus`'s first documents, chunked like the training corpus, until
+    they hold `eval.elbo_chunks` chunks (whole documents: every chunk's context is among them)."""
     records: list[dict] = []
     for doc in CorpusReader(corpus_files(cfg.eval.elbo_corpus, "eval.elbo_corpus"), cfg.data.text_field,
                             cfg.data.id_field):
         if len(records) >= cfg.eval.elbo_chunks:
             break
         records += chunk_records(doc, cfg.data, cfg.seed)
+    return records
+
+
+def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
+    """The first `eval.elbo_chunks` chunks of `eval.elbo_corpus`, read and chunked like the training corpus."""
+    from nemo_latent_thoughts.estep import chunk_inputs
+
+    records = heldout_records(cfg)
     return chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))[:cfg.eval.elbo_chunks]
 
 
