@@ -5,9 +5,11 @@
 For the held-out chunks `nlt eval` bounds (eval.elbo_corpus, the first eval.elbo_chunks chunks),
 the program teacher writes each chunk's true thought z* (from the document's text before it), and
 the round's model scores the joint layout `BOS c SOL PRIOR z* EOL x` by teacher forcing. Since
-p(x) = sum_z p(z, x) >= p(z*, x), log p(z*, x) is a lower bound on the model's log p(x) as valid as
-the ELBO; it is split into the thought's part (PRIOR z* EOL) and the chunk's (x given z*). Printed
-per raw token beside the round's ELBO_K and the raw baselines' exact log p from their eval summaries.
+p(x) = sum_z p(z, x) >= p(z*, x), log p(z*, x) bounds the model's log p(x) as validly as the ELBO
+does; it is split into the thought's part (PRIOR z* EOL) and the chunk's (x given z*). Beside it,
+each raw baseline's exact log p(x | c) of the same chunks (`nlt eval`'s plain layout). All per raw
+token, over all chunks and over the two kinds: result chunks (`Then a*b - a = 14.`: the thought
+computes) and the rest (bindings: the thought restates the chunk's values).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from pathlib import Path
 
 from nemo_latent_thoughts import testing
+from nemo_latent_thoughts.data.layouts import prior_layout
 from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
 from nemo_latent_thoughts.eval.run import heldout_records, summary_of
@@ -25,32 +28,12 @@ from nemo_latent_thoughts.sampler.importance import joint_sequence
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
 
-def teacher_bound(cfg, model_dir: Path) -> dict[str, float]:
-    """log p(z*, x) per raw token over the held-out chunks, and its thought and chunk parts."""
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    ids = latent_token_ids(tokenizer)
-    records = heldout_records(cfg)
-    chunks = chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))[:cfg.eval.elbo_chunks]
-    text = {(r["doc_id"], r["chunk_idx"]): r["text"] for r in records}
-    thoughts = encode_raw(tokenizer, [
-        testing.program_teacher("".join(text[(c.doc_id, i)] for i in range(c.chunk_idx)), text[(c.doc_id, c.chunk_idx)])
-        for c in chunks])
-    sequences, spans = [], []
-    for chunk, z in zip(chunks, thoughts):
-        joint, (start, end) = joint_sequence(ids, chunk, z, cfg.estep.max_context_tokens)
-        split = start + len(z) + 2  # PRIOR z EOL, then x
-        sequences += [joint, joint]
-        spans += [(start, split), (split, end)]
+def score(model_dir: Path, sequences: list[list[int]], spans: list[tuple[int, int]]) -> list[float]:
     backend = HFBackend(model_dir)
     try:
-        scores = backend.score(sequences, spans)
+        return backend.score(sequences, spans)
     finally:
         backend.close()
-    raw = sum(len(c.tokens) for c in chunks)
-    thought, chunk = sum(scores[0::2]) / raw, sum(scores[1::2]) / raw
-    return {"chunks": len(chunks), "thought_tokens_per_raw_token": sum(map(len, thoughts)) / raw,
-            "log_p_thought_per_raw_token": thought, "log_p_chunk_given_thought_per_raw_token": chunk,
-            "log_p_joint_per_raw_token": thought + chunk}
 
 
 def main() -> None:
@@ -59,13 +42,56 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=0)
     args = parser.parse_args()
     cfg = run_config(args.run_dir)
-    base = round_dir(cfg, args.round)
-    out = {"round": args.round, **teacher_bound(cfg, base / "mstep" / "hf")}
-    heldout = (summary_of(base / "eval") or {}).get("heldout") or {}
-    out["elbo_per_raw_token"] = heldout.get("elbo_per_raw_token")
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    ids = latent_token_ids(tokenizer)
+    records = heldout_records(cfg)
+    chunks = chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))[:cfg.eval.elbo_chunks]
+    text = {(r["doc_id"], r["chunk_idx"]): r["text"] for r in records}
+    truths = [testing.program_teacher("".join(text[(c.doc_id, i)] for i in range(c.chunk_idx)),
+                                      text[(c.doc_id, c.chunk_idx)]) for c in chunks]
+    thoughts = encode_raw(tokenizer, truths)
+    raw_of = {(c.doc_id, c.chunk_idx): c.tokens for c in chunks}
+
+    per_chunk: dict[str, list[float]] = {"raw tokens": [len(c.tokens) for c in chunks],
+                                         "thought tokens": [len(z) for z in thoughts]}
+    sequences, spans = [], []
+    for chunk, z in zip(chunks, thoughts):
+        joint, (start, end) = joint_sequence(ids, chunk, z, cfg.estep.max_context_tokens)
+        sequences += [joint, joint]
+        spans += [(start, start + len(z) + 2), (start + len(z) + 2, end)]  # PRIOR z EOL, then x
+    # The same chunk after its document's earlier chunks in the training layout (each with its thought).
+    thought_of = {(c.doc_id, c.chunk_idx): z for c, z in zip(chunks, thoughts)}
+    for chunk, z in zip(chunks, thoughts):
+        context = [ids.bos] + [t for i in range(chunk.chunk_idx) for t in
+                               prior_layout(ids, thought_of[(chunk.doc_id, i)], raw_of[(chunk.doc_id, i)])]
+        start = len(context) + 1
+        sequences.append(context + list(prior_layout(ids, z, chunk.tokens)))
+        spans += [(start, start + len(z) + 2)]
+        sequences.append(sequences[-1])
+        spans += [(start + len(z) + 2, len(sequences[-1]))]
+    scores = score(round_dir(cfg, args.round) / "mstep" / "hf", sequences, spans)
+    half = len(scores) // 2
+    for name, part in (("", scores[:half]), (" after thoughts", scores[half:])):
+        per_chunk[f"log p(z*){name}"], per_chunk[f"log p(x | z*){name}"] = part[0::2], part[1::2]
+        per_chunk[f"log p(z*, x){name}"] = [a + b for a, b in zip(part[0::2], part[1::2])]
+    keep = cfg.estep.max_context_tokens
+    plain = [[ids.bos, *c.context][-keep:] + c.tokens for c in chunks]
     for kind in cfg.em.baselines:
-        summary = summary_of(baseline_dir(cfg, kind) / "eval") or {}
-        out[f"{kind}_log_p_per_raw_token"] = (summary.get("heldout") or {}).get("logp_per_raw_token")
+        model = baseline_dir(cfg, kind) / "mstep" / "hf"
+        if model.exists():
+            per_chunk[f"{kind} log p(x)"] = score(model, plain, [(len(s) - len(c.tokens), len(s))
+                                                                 for s, c in zip(plain, chunks)])
+
+    result = [not t.startswith(("We have", "Nothing")) for t in truths]
+    out = {}
+    for name, members in (("all", [True] * len(chunks)), ("result chunks", result),
+                          ("other chunks", [not r for r in result])):
+        raw = sum(n for n, m in zip(per_chunk["raw tokens"], members) if m)
+        out[name] = {"chunks": sum(members), **{key: round(sum(v for v, m in zip(values, members) if m) / raw, 3)
+                                                for key, values in per_chunk.items() if key != "raw tokens"}}
+    heldout = (summary_of(round_dir(cfg, args.round) / "eval") or {}).get("heldout") or {}
+    out["all"][f"ELBO (K = {heldout.get('num_samples')})"] = heldout.get("elbo_per_raw_token")
+    print(f"round {args.round}, per raw token over the first {len(chunks)} held-out chunks:")
     print(json.dumps(out, indent=1))
 
 
