@@ -46,6 +46,22 @@ def reference(tmp_path_factory):
     return run_dir
 
 
+def test_heldout_thoughts_bounds_round_0_with_the_teachers_thoughts_beside_the_baselines_log_p(reference):
+    """examples/toy_claims/heldout_thoughts.py: its raw-baseline figures are `nlt eval`'s own."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "toy_claims" / "heldout_thoughts.py"
+    out = subprocess.run([sys.executable, str(script), str(reference)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = json.loads(out.stdout.split("\n", 1)[1])
+    for kind in ("raw_tokens", "flops"):
+        summary = json.loads((reference / "baselines" / kind / "eval" / "summary.json").read_text())
+        assert table["all"][f"{kind} log p(x)"] == pytest.approx(summary["heldout"]["logp_per_raw_token"], abs=1e-3)
+    for row in table.values():
+        assert row["log p(z*, x)"] == pytest.approx(row["log p(z*)"] + row["log p(x | z*)"], abs=2e-3)
+        assert row["log p(z*, x)"] < 0 and row["thought tokens"] > 0
+    kinds = [table.get(kind, {"chunks": 0})["chunks"] for kind in ("result chunks", "other chunks")]
+    assert sum(kinds) == table["all"]["chunks"] == 2
+
+
 def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, capsys):
     run = reference
     for r in range(3):

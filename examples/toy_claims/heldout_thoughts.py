@@ -87,6 +87,8 @@ def main() -> None:
     for name, members in (("all", [True] * len(chunks)), ("result chunks", result),
                           ("other chunks", [not r for r in result])):
         raw = sum(n for n, m in zip(per_chunk["raw tokens"], members) if m)
+        if not raw:
+            continue
         out[name] = {"chunks": sum(members), **{key: round(sum(v for v, m in zip(values, members) if m) / raw, 3)
                                                 for key, values in per_chunk.items() if key != "raw tokens"}}
     heldout = (summary_of(round_dir(cfg, args.round) / "eval") or {}).get("heldout") or {}
