@@ -22,7 +22,7 @@ from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.data.layouts import prior_layout
 from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
-from nemo_latent_thoughts.eval.run import heldout_records, summary_of
+from nemo_latent_thoughts.eval.run import heldout_records, plain_sequences, summary_of
 from nemo_latent_thoughts.sampler.hf import HFBackend
 from nemo_latent_thoughts.sampler.importance import joint_sequence
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
@@ -50,37 +50,31 @@ def main() -> None:
     truths = [testing.program_teacher("".join(text[(c.doc_id, i)] for i in range(c.chunk_idx)),
                                       text[(c.doc_id, c.chunk_idx)]) for c in chunks]
     thoughts = encode_raw(tokenizer, truths)
-    raw_of = {(c.doc_id, c.chunk_idx): c.tokens for c in chunks}
+    thought_of = {(c.doc_id, c.chunk_idx): (z, c.tokens) for c, z in zip(chunks, thoughts)}
 
     per_chunk: dict[str, list[float]] = {"raw tokens": [len(c.tokens) for c in chunks],
                                          "thought tokens": [len(z) for z in thoughts]}
+    raw_context, after_thoughts = [], []  # (sequence, start of PRIOR) per chunk, in the two layouts
+    for chunk, z in zip(chunks, thoughts):
+        joint, (start, _) = joint_sequence(ids, chunk, z, cfg.estep.max_context_tokens)
+        raw_context.append((joint, start))
+        # The same chunk after its document's earlier chunks in the training layout (each with its thought).
+        context = [ids.bos] + [t for i in range(chunk.chunk_idx)
+                               for t in prior_layout(ids, *thought_of[(chunk.doc_id, i)])]
+        after_thoughts.append((context + list(prior_layout(ids, z, chunk.tokens)), len(context) + 1))
     sequences, spans = [], []
-    for chunk, z in zip(chunks, thoughts):
-        joint, (start, end) = joint_sequence(ids, chunk, z, cfg.estep.max_context_tokens)
-        sequences += [joint, joint]
-        spans += [(start, start + len(z) + 2), (start + len(z) + 2, end)]  # PRIOR z EOL, then x
-    # The same chunk after its document's earlier chunks in the training layout (each with its thought).
-    thought_of = {(c.doc_id, c.chunk_idx): z for c, z in zip(chunks, thoughts)}
-    for chunk, z in zip(chunks, thoughts):
-        context = [ids.bos] + [t for i in range(chunk.chunk_idx) for t in
-                               prior_layout(ids, thought_of[(chunk.doc_id, i)], raw_of[(chunk.doc_id, i)])]
-        start = len(context) + 1
-        sequences.append(context + list(prior_layout(ids, z, chunk.tokens)))
-        spans += [(start, start + len(z) + 2)]
-        sequences.append(sequences[-1])
-        spans += [(start + len(z) + 2, len(sequences[-1]))]
+    for (sequence, start), z in zip(raw_context + after_thoughts, thoughts + thoughts):
+        sequences += [sequence, sequence]
+        spans += [(start, start + len(z) + 2), (start + len(z) + 2, len(sequence))]  # PRIOR z EOL, then x
     scores = score(round_dir(cfg, args.round) / "mstep" / "hf", sequences, spans)
     half = len(scores) // 2
     for name, part in (("", scores[:half]), (" after thoughts", scores[half:])):
         per_chunk[f"log p(z*){name}"], per_chunk[f"log p(x | z*){name}"] = part[0::2], part[1::2]
         per_chunk[f"log p(z*, x){name}"] = [a + b for a, b in zip(part[0::2], part[1::2])]
-    keep = cfg.estep.max_context_tokens
-    plain = [[ids.bos, *c.context][-keep:] + c.tokens for c in chunks]
     for kind in cfg.em.baselines:
         model = baseline_dir(cfg, kind) / "mstep" / "hf"
         if model.exists():
-            per_chunk[f"{kind} log p(x)"] = score(model, plain, [(len(s) - len(c.tokens), len(s))
-                                                                 for s, c in zip(plain, chunks)])
+            per_chunk[f"{kind} log p(x)"] = score(model, *plain_sequences(ids, chunks, cfg.estep.max_context_tokens))
 
     result = [not t.startswith(("We have", "Nothing")) for t in truths]
     out = {}

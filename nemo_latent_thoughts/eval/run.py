@@ -32,7 +32,7 @@ from nemo_latent_thoughts.eval.prompts import STOP_TEXT, answer_text, prompt_ids
 from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
 from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
-from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
+from nemo_latent_thoughts.tokens import LatentTokenIds, encode_raw, latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ def heldout_chunks(cfg: Config, tokenizer) -> list[ChunkInput]:
     return chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))[:cfg.eval.elbo_chunks]
 
 
+def plain_sequences(ids: LatentTokenIds, chunks: list[ChunkInput],
+                    max_context_tokens: int) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """`BOS c x` of each chunk (c keeps its last tokens) and the span of x: a raw model's log p(x | c)."""
+    plain = [[ids.bos, *c.context][-max_context_tokens:] + c.tokens for c in chunks]
+    return plain, [(len(s) - len(c.tokens), len(s)) for s, c in zip(plain, chunks)]
+
+
 def heldout_likelihood(cfg: Config, tokenizer) -> dict:
     """ELBO_K per raw token (latents sampled by the model itself) and plain log p(x) per token."""
     from nemo_latent_thoughts.estep import make_backend
@@ -96,9 +103,7 @@ def heldout_likelihood(cfg: Config, tokenizer) -> dict:
         results = infer(backend, ids, chunks, num_samples=cfg.eval.elbo_samples, max_new_tokens=cfg.estep.max_new_tokens,
                         max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
                         seed=cfg.seed, round_=-1, num_tokens=len(tokenizer))
-        keep = cfg.estep.max_context_tokens
-        plain = [[ids.bos, *c.context][-keep:] + c.tokens for c in chunks]
-        log_px = backend.score(plain, [(len(s) - len(c.tokens), len(s)) for s, c in zip(plain, chunks)])
+        log_px = backend.score(*plain_sequences(ids, chunks, cfg.estep.max_context_tokens))
     finally:
         backend.close()
     elbos = [weights.elbo(r.log_w) for r in results]
