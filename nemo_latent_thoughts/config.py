@@ -446,9 +446,13 @@ class WarmStartConfig:
     synthetic_docs: int = 400
     """Documents of a generated warm-start corpus (the corpus's process, another seed, no problem
     of the bootstrap corpus)."""
+    epochs: Optional[float] = None
+    """Passes over round 0's data, its budget apart from the rounds' (BoLT: about half a pass for
+    the warm start, about 2 for each round); unset: round 0 takes training's budget as every round."""
 
     def check(self) -> None:
         _at_least(self, 1, "synthetic_docs")
+        _require(self.epochs is None or self.epochs > 0, "epochs", "must be > 0")
 
 
 @dataclass(kw_only=True)

@@ -215,25 +215,35 @@ def test_no_eval_question_appears_in_any_training_shard(tmp_path):
     assert [item for item in unfiltered if stated(item["question"])]
 
 
-def test_an_epoch_budget_gives_baselines_the_final_rounds_steps(tmp_path):
-    """Rounds train `training.epochs` passes over their own data; the baselines, on raw data, get the
-    final round's step count (flops) or its raw-token share of it (raw_tokens), not passes."""
+@pytest.mark.parametrize("rounds", [["training.epochs=2"], ["warmstart.epochs=16", "training.max_steps=9"]])
+@pytest.mark.parametrize("num_rounds", [0, 1])
+def test_an_epoch_budget_gives_baselines_the_final_rounds_steps(tmp_path, rounds, num_rounds):
+    """Rounds train `training.epochs` passes over their own data, round 0 `warmstart.epochs` where
+    set; the baselines, on raw data, get the final round's step count (flops) or its raw-token
+    share of it (raw_tokens), not passes."""
     from nemo_latent_thoughts.em.driver import round_training
     from nemo_latent_thoughts.em.plan import baseline_dir, round_dir
 
-    cfg = load_config(None, [f"run_dir={tmp_path}", "training.epochs=2", "em.num_rounds=1"])
-    final = round_dir(cfg, 1)
+    cfg = load_config(None, [f"run_dir={tmp_path}", *rounds, f"em.num_rounds={num_rounds}"])
+    final = round_dir(cfg, num_rounds)
     (final / "mstep").mkdir(parents=True)
     (final / "mstep" / "done.json").write_text(json.dumps({"steps": 50}))
-    for data in (final / "data", tmp_path / "raw" / "data"):
+    for data in (*(round_dir(cfg, r) / "data" for r in range(num_rounds + 1)), tmp_path / "raw" / "data"):
         data.mkdir(parents=True, exist_ok=True)
         (data / "manifest.json").write_text(json.dumps({"splits": {
             "train": {"raw_tokens": 300, "latent_tokens": 700}, "valid": {"documents": 1}}}))
     stages = {s.name: s for s in plan(cfg)}
-    assert round_training(cfg, stages["round 1 recipe"]).training.epochs == 2
+    budgets = {r: round_training(cfg, stages[f"round {r} recipe"]).training for r in range(num_rounds + 1)}
+    expected = {0: (16, None) if cfg.warmstart.epochs else (2, None), 1: (cfg.training.epochs, cfg.training.max_steps)}
+    assert {r: (t.epochs, t.max_steps) for r, t in budgets.items()} == {r: expected[r] for r in budgets}
     flops = round_training(cfg, stages["baseline flops recipe"]).training
     raw = round_training(cfg, stages["baseline raw_tokens recipe"]).training
-    assert (flops.epochs, flops.max_steps) == (None, 50) and (raw.epochs, raw.max_steps) == (None, 15)
+    if num_rounds == 0 or cfg.training.epochs:  # the final round's budget is in passes
+        assert (flops.epochs, flops.max_steps) == (None, 50) and (raw.epochs, raw.max_steps) == (None, 15)
+        assert f"round {num_rounds} mstep" in stages["baseline flops recipe"].after
+    else:  # a step budget: the same steps, no wait for the final M-step
+        assert (flops.epochs, flops.max_steps) == (None, 9) and (raw.epochs, raw.max_steps) == (None, 3)
+        assert f"round {num_rounds} mstep" not in stages["baseline flops recipe"].after
     assert flops.out_dir == str(baseline_dir(cfg, "flops") / "mstep")
 
 

@@ -52,6 +52,35 @@ def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
     assert held and "K = 1, 2, 4, 8" in claim and len(values) == 8
     curve["claim3_k8"]["round 1"]["heldout_elbo"] = (-0.85, 0.0, 3)  # K = 8 below K = 4 on ELBO
     assert not [c for c in run.claims(curve, {}) if c[0].startswith("3:")][0][2]
+    curve["claim3_k4"] = {"round 1": {"accuracy": (0.35, 0.0, 3), "heldout_elbo": (-0.9, 0.0, 3)}}
+    (claim, values, held), = [c for c in run.claims(curve, {}) if c[0].startswith("3:")]
+    assert "K = 1, 2, 4, 8" in claim and ("accuracy K=4", (0.35, 0.0, 3)) in values  # claim3_k4 before claim2
+
+
+def test_experiments_of_one_seed_share_round_0_when_only_later_stages_differ(tmp_path):
+    """run.py copies a sibling's base, data and round 0 into a new run when the configs differ only in
+    what rounds >= 1 and the baselines read; never the sibling's later rounds, baselines or config."""
+    from nemo_latent_thoughts import config as config_lib
+
+    run = _runner()
+    recipe = str(run.RECIPE["bolt"])
+    sibling = tmp_path / "claim3_k4" / "seed1"
+    config_lib.save_config(config_lib.load_config(recipe, [f"run_dir={sibling}", "estep.num_samples=4"]), sibling)
+    for path in ("round_00/eval/summary.json", "round_00/mstep/hf/model.safetensors", "base/base.json",
+                 "round_01/estep/manifest.json", "baselines/flops/x", "report.md", "corpus/manifest.json"):
+        (sibling / path).parent.mkdir(parents=True, exist_ok=True)
+        (sibling / path).write_text(path)
+
+    def share(name, *overrides):
+        new = tmp_path / name / "seed1"
+        run.share_round0(new, [sibling], config_lib.load_config(recipe, [f"run_dir={new}", *overrides]))
+        return sorted(str(p.relative_to(new)) for p in new.rglob("*") if p.is_file()) if new.exists() else None
+
+    assert share("claim3_k8", "estep.num_samples=8", "em.num_rounds=1", "training.epochs=4") == [
+        "base/base.json", "corpus/manifest.json", "round_00/eval/summary.json", "round_00/mstep/hf/model.safetensors"]
+    assert share("lr", "training.lr=0.01") is None  # round 0 trains with it
+    assert share("passes", "training.epochs=4", "warmstart.epochs=null") is None  # round 0's passes too
+    assert not list(tmp_path.glob("*/*.tmp"))
 
 
 @pytest.mark.slow

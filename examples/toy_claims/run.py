@@ -15,9 +15,12 @@ pretrained base (shared by all runs under OUT), round 0 on its own fully annotat
 corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
   claim1      round 0 (the warm start) vs the raw_tokens and flops baselines on its raw text
   claim2      3 EM rounds with K = 4: accuracy rises over rounds 1, 2, 3, each above raw_tokens?
-  claim3_k1, claim3_k2, claim3_k8   1 EM round with K = 1, 2, 8; with claim2's round 1 (K = 4)
-              a curve: do accuracy and held-out ELBO rise with K?
-  claim2_k8   lever for claim 2 (RESULTS.md): claim2 with K = 8
+  claim3_k1, claim3_k2, claim3_k4, claim3_k8   1 EM round with K = 1, 2, 4, 8 (without claim3_k4,
+              claim2's round 1 is the K = 4 point): do accuracy and held-out ELBO rise with K?
+  claim2_k8, claim2_passes4   levers for claim 2 (RESULTS.md): K = 8; 4 passes per round >= 1
+Under `bolt`, the experiments of one seed share round 0: a run starts from a copy of another's base,
+data and round 0 when the two configs differ only in what rounds >= 1 and the baselines read
+(ROUND0_FREE), so claim 3's K curve and claim 2's levers grow from one warm-start model per seed.
 Each experiment runs one run directory per seed (resumable: rerun the same command); OUT/environment.json
 records the package versions (the numbers are reproducible bit for bit only under the same ones).
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
@@ -30,12 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from nemo_latent_thoughts import config as config_lib
 from nemo_latent_thoughts.em.report import accuracy, collect
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -50,11 +56,44 @@ OLD = {
 BOLT = {
     "claim1": ["em.num_rounds=0", "em.baselines=[raw_tokens,flops]"],
     "claim2": ["em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
-    **{f"claim3_k{k}": ["em.num_rounds=1", f"estep.num_samples={k}", "em.baselines=[]"] for k in (1, 2, 8)},
+    **{f"claim3_k{k}": ["em.num_rounds=1", f"estep.num_samples={k}", "em.baselines=[]"] for k in (1, 2, 4, 8)},
     "claim2_k8": ["em.num_rounds=3", "estep.num_samples=8", "em.baselines=[]"],
+    # Lever for claim 2: BoLT's few passes per round (round 0 keeps warmstart.epochs), so a round
+    # cannot memorise the latents the next E-step resamples on the same corpus.
+    "claim2_passes4": ["em.num_rounds=3", "estep.num_samples=4", "training.epochs=4", "em.baselines=[raw_tokens]"],
 }
 EXPERIMENTS = {"old": OLD, "bolt": BOLT}
-K_CURVE = [(1, "claim3_k1"), (2, "claim3_k2"), (4, "claim2"), (8, "claim3_k8")]
+K_CURVE = [(1, "claim3_k1"), (2, "claim3_k2"), (4, "claim3_k4"), (4, "claim2"), (8, "claim3_k8")]
+# Keys no stage up to round 0's eval reads (training.epochs only where warmstart.epochs sets round 0's).
+ROUND0_FREE = re.compile(r"run_dir|em\.num_rounds|em\.baselines|estep\..*")
+ROUND0_STAGES = re.compile(r"round_(0[1-9]|[1-9]\d)|baselines|report\.md|timings\.json|\.lock|"
+                           + re.escape(config_lib.RESOLVED_CONFIG_NAME))  # what a copy leaves out
+
+
+def share_round0(run_dir: Path, siblings: list[Path], cfg: config_lib.Config) -> None:
+    """Start a new `run_dir` as a copy of a sibling run up to round 0 (evaluated) when their configs
+    differ only in ROUND0_FREE keys; the copy has no saved config, so `nlt em run` adopts `cfg`."""
+    if run_dir.exists():
+        return
+    for sibling in siblings:
+        saved = sibling / config_lib.RESOLVED_CONFIG_NAME
+        if not (sibling / "round_00" / "eval" / "summary.json").exists() or not saved.exists():
+            continue
+        old_run = str(config_lib.load_config(saved).run_dir)
+        rebased = run_dir.with_name(run_dir.name + ".sibling.yaml")  # its paths moved to run_dir
+        rebased.parent.mkdir(parents=True, exist_ok=True)
+        rebased.write_text(saved.read_text().replace(old_run, str(cfg.run_dir)))
+        changed = config_lib.changed_keys(rebased, cfg)
+        rebased.unlink()
+        if all(ROUND0_FREE.fullmatch(k) or (k == "training.epochs" and cfg.warmstart.epochs is not None)
+               for k in changed):
+            tmp = run_dir.with_name(run_dir.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(sibling, tmp, ignore=lambda d, names: [n for n in names if Path(d) == sibling
+                                                                 and ROUND0_STAGES.fullmatch(n)])
+            tmp.rename(run_dir)
+            print(f"run.py: {run_dir} starts from {sibling}'s round 0", flush=True)
+            return
 
 
 def metrics(run_dir: Path) -> dict[str, dict[str, float | None]]:
@@ -115,6 +154,7 @@ def claims(results: dict, per_seed: dict) -> list[tuple[str, list[tuple[str, tup
                     [(f"round {r}", v) for r, v in enumerate(rounds)] + [("raw_tokens (plain)", raw)],
                     bool(rounds[1][0] < rounds[2][0] < rounds[3][0] and min(r[0] for r in rounds[1:]) > raw[0])))
     curve = [(k, name) for k, name in K_CURVE if name in results]
+    curve = [(k, name) for i, (k, name) in enumerate(curve) if k not in [k0 for k0, _ in curve[:i]]]  # claim3_k4 first
     if len(curve) > 2:  # the BoLT protocol's K = 1, 2, 4, 8 at round 1
         values = [(metric, k, get(name, "round 1", metric)) for metric in ("accuracy", "heldout_elbo") for k, name in curve]
         rising = all(a[2][0] < b[2][0] for a, b in zip(values, values[1:]) if a[0] == b[0])
@@ -196,9 +236,12 @@ def main() -> None:
     for name in args.experiments or list(experiments):
         for seed in args.seeds:
             run_dir = args.out / name / f"seed{seed}"
+            overrides = [f"run_dir={run_dir}", f"seed={seed}", *experiments[name], *shared, *args.overrides]
+            if args.protocol == "bolt":
+                share_round0(run_dir, sorted(args.out.glob(f"*/seed{seed}")),
+                             config_lib.load_config(RECIPE[args.protocol], overrides))
             subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE[args.protocol]),
-                            f"run_dir={run_dir}", f"seed={seed}", *experiments[name], *shared, *args.overrides],
-                           check=True)
+                            *overrides], check=True)
             seeds.setdefault(name, {})[seed] = metrics(run_dir)
         results[name] = table(list(seeds[name].values()))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from nemo_latent_thoughts import fileio, locks, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.em.base import base_model, pretrain_base, run_tokenizer, write_synthetic_base_corpus
 from nemo_latent_thoughts.em.plan import (DONE, MANIFEST, Stage, baseline_raw_data, plan, round_chunks, round_dir,
-                                          round_latents, run_config)
+                                          round_epochs, round_latents, run_config)
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.launch.cluster import ClusterConfig
 from nemo_latent_thoughts.teacher.run import check_teacher
@@ -71,8 +71,11 @@ def round_training(cfg: Config, stage: Stage) -> Config:
     data = baseline_raw_data(cfg) if stage.round is None else round_dir(cfg, stage.round) / "data"
     t = cfg.training
     max_tokens, max_steps, epochs = t.max_tokens, t.max_steps, t.epochs  # rounds and the flops baseline: the same budget
+    if stage.round is not None and round_epochs(cfg, stage.round) != epochs:  # round 0's own passes
+        max_steps, epochs = None, round_epochs(cfg, stage.round)
     final = round_dir(cfg, cfg.em.num_rounds)
-    if stage.round is None and epochs is not None:  # passes over raw data are not the rounds' budget: their steps are
+    if stage.round is None and round_epochs(cfg, cfg.em.num_rounds) is not None:
+        # passes over raw data are not the final round's budget: its steps are
         max_steps, epochs = json.loads((final / "mstep" / DONE).read_text())["steps"], None
     if stage.round is None and stage.out.name == "raw_tokens":  # as many raw tokens as the final round saw
         split = json.loads((final / "data" / MANIFEST).read_text())["splits"]["train"]

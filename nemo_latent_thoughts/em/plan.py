@@ -62,6 +62,11 @@ def round_latents(cfg: Config, r: int) -> list[str]:
     return [str(round_dir(cfg, r) / "estep" / "shard_*.jsonl")]
 
 
+def round_epochs(cfg: Config, r: int) -> float | None:
+    """Round `r`'s budget in passes over its data (None: training's token or step budget)."""
+    return cfg.warmstart.epochs if r == 0 and cfg.warmstart.epochs is not None else cfg.training.epochs
+
+
 def warmstart_dir(cfg: Config) -> Path:
     return Path(cfg.run_dir) / "warmstart"
 
@@ -130,7 +135,7 @@ def plan(cfg: Config) -> list[Stage]:
         stages += model_stages(f"round {r}", d, r, cfg, (f"round {r} data",))
     final = f"round {cfg.em.num_rounds}"
     raw = "warm-start raw data" if baseline_raw_data(cfg) == warmstart_dir(cfg) / "raw" / "data" else "raw data"
-    reads = (raw, f"{final} data", *([f"{final} mstep"] if cfg.training.epochs is not None else []))
+    reads = (raw, f"{final} data", *([f"{final} mstep"] if round_epochs(cfg, cfg.em.num_rounds) is not None else []))
     for kind in cfg.em.baselines:  # beside the rounds: they read only the final round's data (and steps)
         stages += model_stages(f"baseline {kind}", baseline_dir(cfg, kind), None, cfg, reads)
     stages.append(Stage("report", "report", None, run, run / "report.md", tuple(s.name for s in stages)))
