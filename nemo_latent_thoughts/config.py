@@ -345,6 +345,12 @@ class EStepConfig:
     """A sample that reaches max_new_tokens without EOL: reject (weight -inf) or keep (scored with
     the EOL it would have needed; BoLT's E-step keeps them). The held-out ELBO of `nlt eval` always
     rejects them, so that it stays a lower bound on log p(x)."""
+    temperature: float = 1.0
+    """The proposal's temperature: latents are drawn from, and log q(z|x) is scored under,
+    softmax(logits / temperature), while log p(z, x) stays the model's own, so the weights and
+    ELBO_K stay exact for this proposal (paper and DESIGN.md 1.4: 1). Below 1 sharpens a small
+    model's proposal. Scored by HFBackend or TensorRT-LLM (vllm and server: scorer hf); `nlt eval`'s
+    held-out ELBO always samples at 1."""
     max_prompt_tokens: int = 1024
     """Posterior prompts are left-truncated to this many tokens (paper: 1024)."""
     max_context_tokens: int = 1024
@@ -373,6 +379,10 @@ class EStepConfig:
         _require(self.scorer in ("auto", "engine", "hf"), "scorer", "must be auto, engine or hf")
         _require(not (self.backend == "server" and self.scorer == "engine" and self.server.kind != "vllm"), "scorer",
                  f"a {self.server.kind} server gives no prompt log-probs; use auto or hf")
+        _require(self.temperature > 0, "temperature", "must be > 0")
+        _require(self.temperature == 1 or self.backend in ("hf", "trtllm") or self.scorer == "hf", "temperature",
+                 "other than 1 needs logits to score the proposal: set estep.scorer=hf (vLLM's and servers' "
+                 "prompt log-probs are at temperature 1)")
         _at_least(self, 1, "num_samples", "max_new_tokens", "max_prompt_tokens", "batch_size", "score_batch_size",
                   "chunks_per_part")
         _at_least(self, 0, "max_context_tokens")

@@ -175,7 +175,8 @@ class EStep:
                     results = infer(self.backend, self.ids, batch, num_samples=e.num_samples,
                                     max_new_tokens=e.max_new_tokens, max_prompt_tokens=e.max_prompt_tokens,
                                     max_context_tokens=e.max_context_tokens, seed=self.cfg.seed, round_=e.round,
-                                    num_tokens=len(self.tokenizer), keep_truncated=e.on_truncated == "keep")
+                                    num_tokens=len(self.tokenizer), keep_truncated=e.on_truncated == "keep",
+                                    temperature=e.temperature)
                     fileio.write_jsonl(part, (_record(c, r, e.round) for c, r in zip(batch, results)))
                     generated += sum(len(s) for r in results for s in r.samples)
                 bar.update(len(batch))
@@ -220,7 +221,7 @@ class EStep:
         fileio.write_json(self.out / MANIFEST, {
             **totals, "metrics": metrics, "round": self.e.round, "model": self.e.model,
             "num_samples": self.e.num_samples, "seed": self.cfg.seed, "backend": self.e.backend,
-            "on_truncated": self.e.on_truncated,
+            "on_truncated": self.e.on_truncated, "temperature": self.e.temperature,
             "shards": [shard_output_name(i) for i in range(len(self.chunk_shards))]})
         log.info("estep: round %d: %d chunks, %d with a latent, %d soft-failed; ELBO/raw token %s, mean ESS %.2f, "
                  "rejected %.1f%%, truncated %.1f%% (%s), mean latent length %.1f", self.e.round, totals["chunks"],

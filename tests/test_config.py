@@ -84,6 +84,13 @@ def test_override_errors_name_the_override(override, expected):
     assert "\n" not in str(e.value)
 
 
+def test_a_tempered_proposal_needs_a_scorer_with_logits():
+    with pytest.raises(NLTError, match="estep.temperature: other than 1 needs logits.*estep.scorer=hf"):
+        load_config(None, ["estep.backend=vllm", "estep.temperature=0.5"])
+    for ok in (["estep.backend=vllm", "estep.scorer=hf"], ["estep.backend=hf"], ["estep.backend=trtllm"]):
+        assert load_config(None, [*ok, "estep.temperature=0.5"]).estep.temperature == 0.5
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(NLTError, match="config file .*nope.yaml' not found"):
         load_config(tmp_path / "nope.yaml")

@@ -12,7 +12,8 @@ def backend(trained_model):
     return HFBackend(trained_model, batch_size=8, score_batch_size=3)
 
 
-def test_scores_equal_a_plain_forward_pass(backend):
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_scores_equal_a_plain_forward_pass(backend, temperature):
     rng = np.random.default_rng(0)
     sequences = [rng.integers(0, 300, size=n).tolist() for n in (5, 17, 40, 9, 33)]
     spans = [(1, 5), (3, 17), (10, 30), (8, 9), (1, 33)]
@@ -22,22 +23,24 @@ def test_scores_equal_a_plain_forward_pass(backend):
     longer = prefix + sequences[-1][12:19]  # prefixes extending that one (the E-step's q prompt extends p's)
     sequences += [longer + rng.integers(0, 300, size=4).tolist(), longer[:15] + [7, 8], longer + [5]]
     spans += [(19, 23), (15, 17), (19, 20)]
-    scores = backend.score(sequences, spans)
+    scores = backend.score(sequences, spans, temperature)
     for seq, (start, end), score in zip(sequences, spans, scores):
         with torch.no_grad():
-            logp = torch.log_softmax(backend.model(torch.tensor([seq])).logits[0].float(), -1)
+            logp = torch.log_softmax(backend.model(torch.tensor([seq])).logits[0].float() / temperature, -1)
         expected = sum(logp[t - 1, seq[t]].item() for t in range(start, end))
         assert score == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match="does not fit"):
         backend.score([[1, 2]], [(0, 2)])
 
 
-def test_first_tokens_follow_the_full_softmax(backend):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_first_tokens_follow_the_full_softmax(backend, temperature):
     prompt = [0, 5, 6, 7]
-    samples = backend.sample([prompt], 2000, 1, stop_token_id=-1, seeds=[123])[0]
+    samples = backend.sample([prompt], 2000, 1, stop_token_id=-1, seeds=[123], temperature=temperature)[0]
     counts = np.bincount([s.token_ids[0] for s in samples], minlength=backend.vocab_size)
     with torch.no_grad():
-        probs = torch.softmax(backend.model(torch.tensor([prompt])).logits[0, -1].float(), -1).numpy()
+        logits = backend.model(torch.tensor([prompt])).logits[0, -1].float()
+        probs = torch.softmax(logits / temperature, -1).numpy()
     top = np.argsort(probs)[::-1][:8]  # the likeliest tokens, each expected >= a few times
     expected = probs[top] * 2000
     keep = expected >= 5

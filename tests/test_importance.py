@@ -18,30 +18,37 @@ P_X_GIVEN_Z = np.array([0.1, 0.4, 0.7])  # p(x | z) for the chunk's text x = [9]
 LOG_P_X = math.log(float((P_Z * P_X_GIVEN_Z).sum()))
 
 
+def tempered(probs, temperature):
+    """softmax(log probs / temperature): the table model's distribution at another temperature."""
+    p = probs ** (1 / temperature)
+    return p / p.sum()
+
+
 class TableBackend:
     """A closed-form 'language model' behind the Backend protocol (test double)."""
 
     capabilities = frozenset()
 
-    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds):
+    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds, temperature=1.0):
         out = []
         for seed in seeds:
             row = []
             for k in range(num_samples):
-                z = int(np.random.default_rng(request_seed(seed, k)).choice(3, p=Q))
+                z = int(np.random.default_rng(request_seed(seed, k)).choice(3, p=tempered(Q, temperature)))
                 row.append(Sample([LATENTS[z]], stopped=True))
             out.append(row)
         return out
 
-    def score(self, sequences, spans):
+    def score(self, sequences, spans, temperature=1.0):
         scores = []
         for seq, (start, end) in zip(sequences, spans):
             z = LATENTS.index(seq[start] if seq[start] != IDS.prior else seq[start + 1])
-            if seq[start] == IDS.prior:  # PRIOR z EOL x
+            if seq[start] == IDS.prior:  # PRIOR z EOL x: the model's own joint, never tempered here
+                assert temperature == 1
                 scores.append(math.log(P_Z[z]) + math.log(P_X_GIVEN_Z[z]))
             else:                        # z EOL after the posterior prompt
                 assert seq[start - 1] == IDS.post
-                scores.append(math.log(Q[z]))
+                scores.append(math.log(tempered(Q, temperature)[z]))
         return scores
 
     def close(self):
@@ -52,16 +59,30 @@ def chunks(n):
     return [ChunkInput(doc_id=f"d{i}", chunk_idx=0, tokens=[9], context=[]) for i in range(n)]
 
 
-def run(n, k):
+def run(n, k, temperature=1.0):
     return infer(TableBackend(), IDS, chunks(n), num_samples=k, max_new_tokens=4, max_prompt_tokens=64,
-                 max_context_tokens=64, seed=0, round_=1, num_tokens=10)
+                 max_context_tokens=64, seed=0, round_=1, num_tokens=10, temperature=temperature)
 
 
-def test_log_weights_equal_analytic_p_over_q():
-    for result in run(50, 4):
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_log_weights_equal_analytic_p_over_q(temperature):
+    q = tempered(Q, temperature)
+    for result in run(50, 4, temperature):
         for z, lw in zip(result.samples, result.log_w):
             i = LATENTS.index(z[0])
-            assert lw == pytest.approx(math.log(P_Z[i] * P_X_GIVEN_Z[i] / Q[i]), abs=1e-12)
+            assert lw == pytest.approx(math.log(P_Z[i] * P_X_GIVEN_Z[i] / q[i]), abs=1e-12)
+
+
+def test_a_colder_proposal_draws_its_mode_more_often_and_its_elbo_stays_a_bound():
+    """At temperature 0.5, q's mode (latent 6) is drawn more often; weights against the tempered q
+    keep ELBO_K below log p(x), tightening with K, and the resampled latents follow p(z | x)."""
+    share = {t: np.mean([z[0] == 6 for r in run(400, 4, t) for z in r.samples]) for t in (1.0, 0.5)}
+    assert share[0.5] > share[1.0] + 0.1
+    means = {k: np.mean([weights.elbo(r.log_w) for r in run(400, k, 0.5)]) for k in (1, 4, 64)}
+    assert all(m <= LOG_P_X + 0.01 for m in means.values()) and means[1] < means[4] < means[64]
+    chosen = np.bincount([LATENTS.index(r.samples[r.chosen][0]) for r in run(2000, 64, 0.5)], minlength=3)
+    posterior = P_Z * P_X_GIVEN_Z / (P_Z * P_X_GIVEN_Z).sum()
+    assert np.abs(chosen / chosen.sum() - posterior).max() < 0.03
 
 
 def test_resampling_frequencies_match_softmax_of_log_weights():
@@ -101,9 +122,9 @@ def test_the_k_samples_of_a_chunk_come_from_distinct_seeds_and_are_reproducible(
 class TruncatingBackend(TableBackend):
     """The table model, except that latent 8 never reaches EOL (it hits max_new_tokens)."""
 
-    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds):
+    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds, temperature=1.0):
         return [[Sample(s.token_ids, stopped=s.token_ids != [8]) for s in row]
-                for row in super().sample(prompts, num_samples, max_new_tokens, stop_token_id, seeds)]
+                for row in super().sample(prompts, num_samples, max_new_tokens, stop_token_id, seeds, temperature)]
 
 
 @pytest.mark.parametrize("keep", [False, True])

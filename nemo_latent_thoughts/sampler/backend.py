@@ -30,16 +30,18 @@ class Backend(Protocol):
     """Names of optional features, e.g. {"batched", "gpu"}."""
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
-        """`num_samples` continuations of every prompt at temperature 1, top-p 1, no top-k.
+               stop_token_id: int, seeds: Sequence[int], temperature: float = 1.0) -> list[list[Sample]]:
+        """`num_samples` continuations of every prompt at `temperature`, top-p 1, no top-k.
 
         Sample k of prompt i is drawn with `request_seed(seeds[i], k)`, so the samples of one
         prompt differ and the same seeds give the same samples. A continuation ends at
         `stop_token_id` (stopped) or after `max_new_tokens` tokens (not stopped).
         """
 
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Sum of log p(sequence[t] | sequence[:t]) over t in [start, end) of each span."""
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
+        """Sum of log p(sequence[t] | sequence[:t]) over t in [start, end) of each span, p the
+        softmax of the logits / `temperature` (engines other than HFBackend: 1 only)."""
 
     def close(self) -> None:
         """Release the engine."""
@@ -55,8 +57,9 @@ class SampledAndScored:
     def sample(self, *args, **kwargs) -> list[list[Sample]]:
         return self.sampler.sample(*args, **kwargs)
 
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        return self.scorer.score(sequences, spans)
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
+        return self.scorer.score(sequences, spans, temperature)
 
     def close(self) -> None:
         self.sampler.close()
@@ -68,6 +71,12 @@ def check_spans(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, i
     for seq, (start, end) in zip(sequences, spans):
         if not 1 <= start <= end <= len(seq):
             raise ValueError(f"span ({start}, {end}) does not fit a sequence of {len(seq)} tokens")
+
+
+def require_unit_temperature(temperature: float, engine: str) -> None:
+    """ValueError for an engine whose prompt log-probs are the model's own (temperature 1) only."""
+    if temperature != 1:
+        raise ValueError(f"{engine} scores at temperature 1 only (estep.scorer=hf scores at others)")
 
 
 def request_seed(seed: int, k: int) -> int:

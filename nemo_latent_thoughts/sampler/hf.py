@@ -1,8 +1,8 @@
 """`HFBackend`: the transformers reference backend (CPU and small GPUs).
 
 Sampling is batched with a KV cache and left padding; each distinct prompt is prefilled once and
-its cache shared by its K samples; each request draws from the full softmax at temperature 1 (no
-top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other requests
+its cache shared by its K samples; each request draws from the full softmax at the temperature
+asked (no top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other requests
 share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
 sequences sharing the tokens before their span share one prefill of them, and a prefix that extends
 another prefills only its own tokens; only span positions go through the output layer, so long
@@ -44,20 +44,20 @@ class HFBackend:
         self.batch_size, self.score_batch_size = batch_size, score_batch_size
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
+               stop_token_id: int, seeds: Sequence[int], temperature: float = 1.0) -> list[list[Sample]]:
         flat = [(prompt, request_seed(seed, k)) for prompt, seed in zip(prompts, seeds) for k in range(num_samples)]
-        samples = self.generate([p for p, _ in flat], [s for _, s in flat], max_new_tokens, stop_token_id)
+        samples = self.generate([p for p, _ in flat], [s for _, s in flat], max_new_tokens, stop_token_id, temperature)
         return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], max_new_tokens: int,
-                 stop_token_id: int) -> list[Sample]:
+                 stop_token_id: int, temperature: float = 1.0) -> list[Sample]:
         """One continuation of each prompt, drawn with its own request seed (what a server's request gets)."""
         order = sorted(range(len(prompts)), key=lambda r: (-len(prompts[r]), r))  # similar lengths share a batch
         results: dict[int, Sample] = {}
         for batch in _batches(order, self.batch_size):
             samples = self._sample_batch([prompts[r] for r in batch], [seeds[r] for r in batch], max_new_tokens,
-                                         stop_token_id)
+                                         stop_token_id, temperature)
             results.update(zip(batch, samples))
         return [results[r] for r in range(len(prompts))]
 
@@ -71,7 +71,7 @@ class HFBackend:
                                 position_ids=positions.to(self.device), past_key_values=cache,
                                 use_cache=True).last_hidden_state
 
-    def _sample_batch(self, prompts, seeds, max_new_tokens: int, stop: int) -> list[Sample]:
+    def _sample_batch(self, prompts, seeds, max_new_tokens: int, stop: int, temperature: float) -> list[Sample]:
         """Prefill each distinct prompt once, share its KV cache among its samples, then decode."""
         from transformers import DynamicCache
 
@@ -94,7 +94,7 @@ class HFBackend:
         stopped = [False] * len(prompts)
         active = list(range(len(prompts)))  # rows of the running batch -> request index
         for _ in range(max_new_tokens):
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
             keep, next_ids = [], []
             for row, request in enumerate(active):
                 token = int(torch.multinomial(probs[row], 1, generator=generators[request]))
@@ -117,8 +117,9 @@ class HFBackend:
         return [Sample(t, s) for t, s in zip(tokens, stopped)]
 
     @torch.no_grad()
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Teacher-forced span log-probs. Sequences that share the tokens before their span (the K
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
+        """Teacher-forced span log-probs (of softmax(logits / temperature)). Sequences that share the tokens before their span (the K
         samples of a chunk) share one prefill of that prefix through the KV cache, and a prefix that
         extends another group's prefix (the E-step's q prompt `BOS c SOL EOL x SOL POST` extends its
         p prefix `BOS c SOL`) is prefilled as that prefix's cache plus its own remaining tokens."""
@@ -135,13 +136,13 @@ class HFBackend:
             chain.append((prefix, cache))
             for batch in _batches(groups[prefix], self.score_batch_size):
                 targets = [sequences[i][len(prefix):spans[i][1]] for i in batch]
-                scores_of_batch = self._score_targets(copy.deepcopy(cache), len(prefix), first, targets)
+                scores_of_batch = self._score_targets(copy.deepcopy(cache), len(prefix), first, targets, temperature)
                 for i, value in zip(batch, scores_of_batch):
                     scores[i] = value
         return scores
 
     def _prefill(self, prefix: tuple[int, ...], done: tuple[int, ...], cache):
-        """The KV cache of `prefix` (from the cache of its start `done`, if any) and the log-probs of
+        """The KV cache of `prefix` (from the cache of its start `done`, if any) and the logits of
         the token after it."""
         from transformers import DynamicCache
 
@@ -149,11 +150,13 @@ class HFBackend:
         ids = torch.as_tensor(prefix[len(done):])[None]
         logits = self._forward(ids, torch.ones(1, len(prefix), dtype=torch.long),
                                torch.arange(len(done), len(prefix))[None], cache, keep_last=True)
-        return cache, torch.log_softmax(logits.float(), -1)[0]
+        return cache, logits.float()[0]
 
-    def _score_targets(self, cache, start: int, first: torch.Tensor, targets: list[Sequence[int]]) -> list[float]:
+    def _score_targets(self, cache, start: int, first: torch.Tensor, targets: list[Sequence[int]],
+                       temperature: float) -> list[float]:
         """Sum of log p(target | prefix) for continuations of one prefill (`cache` of `start` tokens,
-        `first`: the log-probs after it); `cache` is consumed."""
+        `first`: the logits after it); `cache` is consumed."""
+        first = torch.log_softmax(first / temperature, -1)
         scores = [first[t[0]].item() for t in targets]
         width = max(len(t) for t in targets) - 1
         if width == 0:
@@ -171,7 +174,7 @@ class HFBackend:
             if len(t) > 1:
                 logits = self.model.lm_head(hidden[row, :len(t) - 1]).float()
                 target = torch.as_tensor(t[1:], device=logits.device)
-                scores[row] += torch.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
+                scores[row] += torch.log_softmax(logits / temperature, -1).gather(-1, target[:, None]).sum().item()
         return scores
 
     def close(self) -> None:

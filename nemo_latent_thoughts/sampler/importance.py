@@ -72,8 +72,8 @@ def joint_sequence(ids: LatentTokenIds, chunk: ChunkInput, z: Sequence[int],
 
 def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *, num_samples: int,
           max_new_tokens: int, max_prompt_tokens: int, max_context_tokens: int, seed: int,
-          round_: int, num_tokens: int, keep_truncated: bool = False) -> list[ChunkResult]:
-    """Sample, score and resample latents for `chunks`.
+          round_: int, num_tokens: int, keep_truncated: bool = False, temperature: float = 1.0) -> list[ChunkResult]:
+    """Sample, score and resample latents for `chunks`, proposing from q at `temperature`.
 
     A sample is rejected (weight -inf) when it is empty or holds a special token or an id >=
     `num_tokens` (the tokenizer's size: the model's padded vocabulary rows are not tokens), and,
@@ -82,7 +82,7 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
     """
     prompts = [proposal_prompt(ids, c, max_prompt_tokens) for c in chunks]
     seeds = [chunk_seed(seed, round_, c.doc_id, c.chunk_idx) for c in chunks]
-    samples = backend.sample(prompts, num_samples, max_new_tokens, ids.eol, seeds)
+    samples = backend.sample(prompts, num_samples, max_new_tokens, ids.eol, seeds, temperature)
     forbidden = {ids.sol, ids.eol, ids.prior, ids.post, ids.bos, ids.eos}
 
     def valid(tokens: list[int]) -> bool:
@@ -99,7 +99,12 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
             sequences.append(joint)
             spans.append(span)
             owners.append((i, k))
-    scores = backend.score(sequences, spans) if sequences else []
+    if temperature == 1:  # one call: a q prompt's prefill extends its p prefix's
+        scores = backend.score(sequences, spans) if sequences else []
+    else:  # q at its own temperature, p(z, x) the model's
+        scores = [0.0] * len(sequences)
+        for parity, t in ((0, temperature), (1, 1.0)):
+            scores[parity::2] = backend.score(sequences[parity::2], spans[parity::2], t) if sequences else []
     log_q = {owner: scores[2 * j] for j, owner in enumerate(owners)}
     log_p = {owner: scores[2 * j + 1] for j, owner in enumerate(owners)}
 

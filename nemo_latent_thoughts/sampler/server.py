@@ -3,7 +3,7 @@
 Request fields per `estep.server.kind`, read from each server's request schema (vLLM 0.32
 `entrypoints/openai/completion/protocol.py`, SGLang `srt/entrypoints/openai/protocol.py`,
 TensorRT-LLM `serve/openai_protocol.py`, which refuses unknown fields):
-- every kind: `prompt` as token ids, `n: 1`, `seed`, `temperature: 1`, `top_p: 1`, `max_tokens`,
+- every kind: `prompt` as token ids, `n: 1`, `seed`, `temperature` (estep.temperature), `top_p: 1`, `max_tokens`,
   `stop_token_ids`; `finish_reason: "stop"` marks a sample that ended at the stop token;
 - top-k off: `top_k: 0` (vLLM, trtllm-serve), `top_k: -1` (SGLang, which refuses 0);
 - the generated ids: `return_token_ids: true` (vLLM, SGLang) or `detokenize: false` (trtllm-serve),
@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from nemo_latent_thoughts.config import EStepServerConfig
 from nemo_latent_thoughts.errors import NLTError
-from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed, require_unit_temperature
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,10 @@ class ServerBackend:
         self.failures: Counter = Counter()
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
+               stop_token_id: int, seeds: Sequence[int], temperature: float = 1.0) -> list[list[Sample]]:
         kind = self.cfg.kind
         bodies = [{"model": self.model, "prompt": [int(t) for t in prompt], "n": 1, "seed": request_seed(seed, k),
-                   "temperature": 1.0, "top_p": 1.0, "top_k": TOP_K_OFF[kind], "max_tokens": max_new_tokens,
+                   "temperature": temperature, "top_p": 1.0, "top_k": TOP_K_OFF[kind], "max_tokens": max_new_tokens,
                    "stop_token_ids": [stop_token_id], "skip_special_tokens": False, **TOKEN_IDS[kind]}
                   for prompt, seed in zip(prompts, seeds) for k in range(num_samples)]
         answers = self._post(bodies, check_sampled)
@@ -141,7 +141,9 @@ class ServerBackend:
             rows.append(row)
         return rows
 
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
+        require_unit_temperature(temperature, f"{WHAT}.kind={self.cfg.kind}")
         if self.cfg.kind != "vllm":
             raise NLTError(f"{WHAT}.kind={self.cfg.kind}: the server gives no prompt log-probs; set estep.scorer=hf")
         check_spans(sequences, spans)

