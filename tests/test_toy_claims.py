@@ -96,15 +96,19 @@ def test_claim1_reduced_teacher_latents_beat_the_raw_token_baseline(tmp_path):
     assert (out / "claims.png").read_bytes()[:4] == b"\x89PNG" and "Claim 1" in (out / "results.md").read_text()
 
 
-def test_latent_quality_scores_the_teacher_latents_and_catches_a_wrong_one(tmp_path):
+@pytest.mark.parametrize("warm", [False, True])
+def test_latent_quality_scores_the_teacher_latents_and_catches_a_wrong_one(tmp_path, warm):
+    """Round 0's teacher latents are checked on the corpus they annotate: the bootstrap corpus, or
+    a warm-start corpus of its own."""
     from nemo_latent_thoughts.cli import main
 
     spec = importlib.util.spec_from_file_location("latent_quality", RUNNER.parent / "latent_quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
     run = tmp_path / "run"
+    warmstart = [f"warmstart.corpus=[{tmp_path}/warm.jsonl]", "warmstart.synthetic_docs=6"] if warm else []
     assert main(["em", "run", f"run_dir={run}", "synthetic.num_docs=6", "tokenizer.vocab_size=320",
-                 "data.mean_chunk_sentences=0", "--until", "round 0 teacher"]) == 0
+                 "data.mean_chunk_sentences=0", *warmstart, "--until", "round 0 teacher"]) == 0
     q = quality.run_quality(run)["round 0"]
     assert q["result_chunks"] > 10 and q["with_latent"] == q["exact"] == q["substitution"] == q["value"] == 1.0
     path = run / "round_00" / "teacher" / "latents.jsonl"

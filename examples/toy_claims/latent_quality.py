@@ -5,7 +5,8 @@
 For every round of each run, over the chunks that state a result (`Then a*b - a = 14.`): the share
 whose latent is exactly the program teacher's (`a*b - a = 7*3 - 7 = 21 - 7 = 14.`), whose
 substitution (the values after the first `=`) is right, and whose final value equals the
-chunk's. Round 0 reads the teacher's latents, round r >= 1 the E-step's resampled ones.
+chunk's. Round 0 reads the teacher's latents (on its own warm-start corpus, where it has one), round
+r >= 1 the E-step's resampled ones (on the bootstrap corpus).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.config import load_config
 from nemo_latent_thoughts.data.prepare import read_chunks
 from nemo_latent_thoughts.data.writer import read_latents
-from nemo_latent_thoughts.em.plan import round_latents
+from nemo_latent_thoughts.em.plan import round_chunks, round_latents
 from nemo_latent_thoughts.tokens import latent_token_ids, load_tokenizer
 
 
@@ -59,7 +60,7 @@ def run_quality(run: Path) -> dict[str, dict]:
         if not files:
             break
         latents = read_latents(files, tokenizer, ids)
-        out[f"round {r}"] = round_quality(cfg.data.chunks_dir, {k: tokenizer.decode(v[0]) for k, v in latents.items()})
+        out[f"round {r}"] = round_quality(round_chunks(cfg, r), {k: tokenizer.decode(v[0]) for k, v in latents.items()})
     return out
 
 
