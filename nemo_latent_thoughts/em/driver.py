@@ -71,8 +71,8 @@ def round_training(cfg: Config, stage: Stage) -> Config:
     data = baseline_raw_data(cfg) if stage.round is None else round_dir(cfg, stage.round) / "data"
     t = cfg.training
     max_tokens, max_steps, epochs = t.max_tokens, t.max_steps, t.epochs  # rounds and the flops baseline: the same budget
-    if stage.round is not None and round_epochs(cfg, stage.round) != epochs:  # round 0's own passes
-        max_steps, epochs = None, round_epochs(cfg, stage.round)
+    if stage.round == 0 and cfg.warmstart.epochs is not None:  # round 0's own passes
+        max_steps, epochs = None, cfg.warmstart.epochs
     final = round_dir(cfg, cfg.em.num_rounds)
     if stage.round is None and round_epochs(cfg, cfg.em.num_rounds) is not None:
         # passes over raw data are not the final round's budget: its steps are

@@ -41,7 +41,7 @@ class Backend(Protocol):
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
               temperature: float = 1.0) -> list[float]:
         """Sum of log p(sequence[t] | sequence[:t]) over t in [start, end) of each span, p the
-        softmax of the logits / `temperature` (engines other than HFBackend: 1 only)."""
+        softmax of the logits / `temperature` (vLLM's and servers' prompt log-probs: 1 only)."""
 
     def close(self) -> None:
         """Release the engine."""

@@ -2,8 +2,8 @@
 
 Sampling is batched with a KV cache and left padding; each distinct prompt is prefilled once and
 its cache shared by its K samples; each request draws from the full softmax at the temperature
-asked (no top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other requests
-share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
+asked (no top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other
+requests share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
 sequences sharing the tokens before their span share one prefill of them, and a prefix that extends
 another prefills only its own tokens; only span positions go through the output layer, so long
 sequences with large vocabularies fit in memory.
@@ -119,10 +119,11 @@ class HFBackend:
     @torch.no_grad()
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
               temperature: float = 1.0) -> list[float]:
-        """Teacher-forced span log-probs (of softmax(logits / temperature)). Sequences that share the tokens before their span (the K
-        samples of a chunk) share one prefill of that prefix through the KV cache, and a prefix that
-        extends another group's prefix (the E-step's q prompt `BOS c SOL EOL x SOL POST` extends its
-        p prefix `BOS c SOL`) is prefilled as that prefix's cache plus its own remaining tokens."""
+        """Teacher-forced span log-probs of softmax(logits / temperature). Sequences that share the
+        tokens before their span (the K samples of a chunk) share one prefill of that prefix through
+        the KV cache, and a prefix that extends another group's prefix (the E-step's q prompt
+        `BOS c SOL EOL x SOL POST` extends its p prefix `BOS c SOL`) is prefilled as that prefix's
+        cache plus its own remaining tokens."""
         groups: dict[tuple[int, ...], list[int]] = {}
         check_spans(sequences, spans)
         for i, (seq, (start, _)) in enumerate(zip(sequences, spans)):

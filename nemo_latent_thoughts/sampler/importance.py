@@ -99,12 +99,14 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
             sequences.append(joint)
             spans.append(span)
             owners.append((i, k))
-    if temperature == 1:  # one call: a q prompt's prefill extends its p prefix's
-        scores = backend.score(sequences, spans) if sequences else []
-    else:  # q at its own temperature, p(z, x) the model's
+    if not sequences:
+        scores = []
+    elif temperature == 1:  # one call: a q prompt's prefill extends its p prefix's
+        scores = backend.score(sequences, spans)
+    else:  # q (even entries) at its own temperature, p(z, x) (odd) the model's
         scores = [0.0] * len(sequences)
-        for parity, t in ((0, temperature), (1, 1.0)):
-            scores[parity::2] = backend.score(sequences[parity::2], spans[parity::2], t) if sequences else []
+        scores[0::2] = backend.score(sequences[0::2], spans[0::2], temperature)
+        scores[1::2] = backend.score(sequences[1::2], spans[1::2])
     log_q = {owner: scores[2 * j] for j, owner in enumerate(owners)}
     log_p = {owner: scores[2 * j + 1] for j, owner in enumerate(owners)}
 
