@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import nemo_run as run
-from nemo.collections.llm.gpt.data.pre_training import PreTrainingDataModule
 
 from nemo_latent_thoughts.data.dataset import LatentThoughtsDataset, LatentThoughtsDatasetConfig
+from nemo_latent_thoughts.nemo import stderr_with_a_descriptor
 from nemo_latent_thoughts.tokens import latent_token_ids
+
+with stderr_with_a_descriptor():  # before any other import of NeMo's LLM collection
+    from nemo.collections.llm.gpt.data.pre_training import PreTrainingDataModule
 
 Blend = Sequence[tuple[str, float]]
 

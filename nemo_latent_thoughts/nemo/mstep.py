@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Optional
 
 import nemo_run as run
-from nemo.collections.llm.api import pretrain
 from nemo_run.config import get_type_namespace
 
 from nemo_latent_thoughts.config import Config
 from nemo_latent_thoughts.errors import NLTError
+from nemo_latent_thoughts.nemo import stderr_with_a_descriptor
 from nemo_latent_thoughts.nemo.data import blend_paths
 from nemo_latent_thoughts.nemo.export import NEMO_DIR, latest_checkpoint
 from nemo_latent_thoughts.train.budget import train_steps
 from nemo_latent_thoughts.train.handoff import DONE, export_and_mark_done, is_first_process
+
+with stderr_with_a_descriptor():  # before any other import of NeMo's LLM collection
+    from nemo.collections.llm.api import pretrain
 
 log = logging.getLogger(__name__)
 

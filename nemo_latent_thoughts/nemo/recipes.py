@@ -13,9 +13,12 @@ import annotations` here: NeMo-Run parses factory arguments by their real annota
 from typing import Optional
 
 import nemo_run as run
-from nemo.collections.llm.api import pretrain
 
 from nemo_latent_thoughts.model.presets import PRESETS
+from nemo_latent_thoughts.nemo import stderr_with_a_descriptor
+
+with stderr_with_a_descriptor():  # before any other import of NeMo's LLM collection
+    from nemo.collections.llm.api import pretrain
 
 
 def tokenizer_config(path: str) -> run.Config:
