@@ -41,6 +41,9 @@ def test_claim_verdicts_follow_the_seeds():
     assert "did not hold" in run.markdown({"claim2": rounds, "claim3_k1": k1}, {})
     rounds["baseline raw_tokens"] = {"accuracy": (0.25, 0.0, 3)}  # round 1 below the raw baseline
     assert run.claims({"claim2": rounds}, {})[0][2] is False
+    (lever, _, held), = run.claims({"claim2_t05": {**rounds, "baseline raw_tokens": {"accuracy": (0.15, 0.0, 3)}},
+                                    "claim2_k1": {"round 1": rounds["round 1"]}}, {})  # lever; no round 3 yet
+    assert lever.startswith("2 (lever claim2_t05):") and held is True
 
 
 def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
