@@ -23,6 +23,8 @@ def test_scores_equal_a_plain_forward_pass(backend, temperature):
     longer = prefix + sequences[-1][12:19]  # prefixes extending that one (the E-step's q prompt extends p's)
     sequences += [longer + rng.integers(0, 300, size=4).tolist(), longer[:15] + [7, 8], longer + [5]]
     spans += [(19, 23), (15, 17), (19, 20)]
+    sequences.append(prefix[:7])
+    spans.append((7, 7))  # an empty span scores 0
     scores = backend.score(sequences, spans, temperature)
     for seq, (start, end), score in zip(sequences, spans, scores):
         with torch.no_grad():

@@ -3,21 +3,24 @@
 Sampling is batched with a KV cache and left padding; each distinct prompt is prefilled once and
 its cache shared by its K samples; each request draws from the full softmax at the temperature
 asked (no top-k, no top-p) with its own `torch.Generator`, so results do not depend on which other
-requests share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing:
-sequences sharing the tokens before their span share one prefill of them, and a prefix that extends
-another prefills only its own tokens; only span positions go through the output layer, so long
-sequences with large vocabularies fit in memory.
+requests share the batch's random stream. Finished requests leave the batch. Scoring is teacher forcing
+in batches of `score_batch_size` sequences, in the same way: each distinct prefix (the tokens before
+a span) of a batch is prefilled once and shared by the sequences that start with it; only span
+positions go through the output layer, so long sequences with large vocabularies fit in memory.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from nemo_latent_thoughts.sampler.backend import Sample, check_spans, request_seed
+
+
+LOGITS_PER_PASS = 1 << 24
+"""Scoring puts at most this many logits (64 MiB in float32) through the output layer at once."""
 
 
 def _batches(items: list, size: int):
@@ -71,12 +74,12 @@ class HFBackend:
                                 position_ids=positions.to(self.device), past_key_values=cache,
                                 use_cache=True).last_hidden_state
 
-    def _sample_batch(self, prompts, seeds, max_new_tokens: int, stop: int, temperature: float) -> list[Sample]:
-        """Prefill each distinct prompt once, share its KV cache among its samples, then decode."""
+    def _prefill(self, prompts: Sequence[Sequence[int]]):
+        """Prefill each distinct prompt once (left-padded into one batch) and give every prompt its
+        row: (KV cache, attention mask, logits of the token after the prompt), one row per prompt."""
         from transformers import DynamicCache
 
         distinct = list(dict.fromkeys(tuple(p) for p in prompts))
-        row_of = {p: row for row, p in enumerate(distinct)}
         width = max(map(len, distinct))
         ids = torch.zeros(len(distinct), width, dtype=torch.long)
         mask = torch.zeros(len(distinct), width, dtype=torch.long)
@@ -85,10 +88,14 @@ class HFBackend:
             mask[row, width - len(prompt):] = 1
         cache = DynamicCache()
         logits = self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, keep_last=True)
+        row_of = {p: row for row, p in enumerate(distinct)}
         rows = [row_of[tuple(p)] for p in prompts]
         cache.batch_select_indices(torch.as_tensor(rows, device=self.device))
-        mask, logits = mask[rows], logits[rows]
+        return cache, mask[rows], logits[rows]
 
+    def _sample_batch(self, prompts, seeds, max_new_tokens: int, stop: int, temperature: float) -> list[Sample]:
+        """Prefill each distinct prompt once, share its KV cache among its samples, then decode."""
+        cache, mask, logits = self._prefill(prompts)
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         tokens: list[list[int]] = [[] for _ in prompts]
         stopped = [False] * len(prompts)
@@ -119,64 +126,52 @@ class HFBackend:
     @torch.no_grad()
     def score(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
               temperature: float = 1.0) -> list[float]:
-        """Teacher-forced span log-probs of softmax(logits / temperature). Sequences that share the
-        tokens before their span (the K samples of a chunk) share one prefill of that prefix through
-        the KV cache, and a prefix that extends another group's prefix (the E-step's q prompt
-        `BOS c SOL EOL x SOL POST` extends its p prefix `BOS c SOL`) is prefilled as that prefix's
-        cache plus its own remaining tokens."""
-        groups: dict[tuple[int, ...], list[int]] = {}
+        """Teacher-forced span log-probs of softmax(logits / temperature), in batches of
+        `score_batch_size` sequences taken in the order of the tokens before their span (shortest
+        first): the K samples of a prompt share a batch and one prefill of their prefix, and
+        prefixes of similar lengths share the rest of the batch."""
         check_spans(sequences, spans)
-        for i, (seq, (start, _)) in enumerate(zip(sequences, spans)):
-            groups.setdefault(tuple(seq[:start]), []).append(i)
+        order = sorted(range(len(sequences)), key=lambda i: (spans[i][0], sequences[i][:spans[i][0]]))
         scores = [0.0] * len(sequences)
-        chain: list[tuple[tuple[int, ...], object]] = []  # the prefixes of the current one, with their caches
-        for prefix in sorted(groups):  # a prefix sorts before every sequence it starts
-            while chain and prefix[:len(chain[-1][0])] != chain[-1][0]:
-                chain.pop()
-            cache, first = self._prefill(prefix, *(chain[-1] if chain else ((), None)))
-            chain.append((prefix, cache))
-            for batch in _batches(groups[prefix], self.score_batch_size):
-                targets = [sequences[i][len(prefix):spans[i][1]] for i in batch]
-                scores_of_batch = self._score_targets(copy.deepcopy(cache), len(prefix), first, targets, temperature)
-                for i, value in zip(batch, scores_of_batch):
-                    scores[i] = value
+        for batch in _batches(order, self.score_batch_size):
+            values = self._score_batch([sequences[i][:spans[i][0]] for i in batch],
+                                       [sequences[i][spans[i][0]:spans[i][1]] for i in batch], temperature)
+            for i, value in zip(batch, values):
+                scores[i] = value
         return scores
 
-    def _prefill(self, prefix: tuple[int, ...], done: tuple[int, ...], cache):
-        """The KV cache of `prefix` (from the cache of its start `done`, if any) and the logits of
-        the token after it."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache() if cache is None else copy.deepcopy(cache)
-        ids = torch.as_tensor(prefix[len(done):])[None]
-        logits = self._forward(ids, torch.ones(1, len(prefix), dtype=torch.long),
-                               torch.arange(len(done), len(prefix))[None], cache, keep_last=True)
-        return cache, logits.float()[0]
-
-    def _score_targets(self, cache, start: int, first: torch.Tensor, targets: list[Sequence[int]],
-                       temperature: float) -> list[float]:
-        """Sum of log p(target | prefix) for continuations of one prefill (`cache` of `start` tokens,
-        `first`: the logits after it); `cache` is consumed."""
-        first = torch.log_softmax(first / temperature, -1)
-        scores = [first[t[0]].item() for t in targets]
-        width = max(len(t) for t in targets) - 1
-        if width == 0:
+    def _score_batch(self, prefixes: list[Sequence[int]], targets: list[Sequence[int]],
+                     temperature: float) -> list[float]:
+        """Sum of log p(target | prefix) for each pair: each distinct prefix prefilled once, then
+        one pass over the targets on their prefixes' caches."""
+        cache, mask, first = self._prefill(prefixes)
+        first = torch.log_softmax(first.float() / temperature, -1)
+        scores = [first[row, t[0]].item() if t else 0.0 for row, t in enumerate(targets)]
+        if max(map(len, targets)) <= 1:
             return scores
-        cache.batch_repeat_interleave(len(targets))
-        ids = torch.zeros(len(targets), width, dtype=torch.long)
-        mask = torch.cat([torch.ones(len(targets), start, dtype=torch.long),
-                          torch.zeros(len(targets), width, dtype=torch.long)], dim=1)
-        for row, t in enumerate(targets):
-            ids[row, :len(t) - 1] = torch.as_tensor(t[:-1])
-            mask[row, start:start + len(t) - 1] = 1
-        positions = torch.arange(start, start + width)[None].expand(len(targets), -1)
-        hidden = self._forward(ids, mask, positions, cache, keep_last=False)
-        for row, t in enumerate(targets):
-            if len(t) > 1:
-                logits = self.model.lm_head(hidden[row, :len(t) - 1]).float()
-                target = torch.as_tensor(t[1:], device=logits.device)
-                scores[row] += torch.log_softmax(logits / temperature, -1).gather(-1, target[:, None]).sum().item()
+        hidden, added = self._extend(cache, mask, [t[:-1] for t in targets])
+        hidden = hidden[added.bool().to(hidden.device)]  # the span positions, row by row
+        following = torch.as_tensor([token for t in targets for token in t[1:]], device=hidden.device)
+        rows_per_pass = max(1, LOGITS_PER_PASS // self.vocab_size)  # bounds the logits' memory
+        logp = torch.cat([torch.log_softmax(self.model.lm_head(h).float() / temperature, -1).gather(-1, y[:, None])[:, 0]
+                          for h, y in zip(hidden.split(rows_per_pass), following.split(rows_per_pass))])
+        for row, values in enumerate(logp.split([max(len(t) - 1, 0) for t in targets])):
+            scores[row] += values.sum().item()
         return scores
+
+    def _extend(self, cache, mask: torch.Tensor, tokens: list[Sequence[int]]):
+        """Feed each row of the batch its own tokens (right-padded) after its cache: their hidden
+        states [rows, width, hidden] and the mask of the positions that hold a token."""
+        width = max(map(len, tokens))
+        ids = torch.zeros(len(tokens), width, dtype=torch.long)
+        added = torch.zeros(len(tokens), width, dtype=torch.long)
+        for row, t in enumerate(tokens):
+            if len(t):
+                ids[row, :len(t)] = torch.as_tensor(t)
+                added[row, :len(t)] = 1
+        positions = mask.sum(-1, keepdim=True) + torch.arange(width)[None]  # after each row's own tokens
+        hidden = self._forward(ids, torch.cat([mask, added], dim=1), positions, cache, keep_last=False)
+        return hidden, added
 
     def close(self) -> None:
         del self.model
