@@ -18,8 +18,8 @@ corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
   claim3_k1, claim3_k2, claim3_k4, claim3_k8   1 EM round with K = 1, 2, 4, 8 (without claim3_k4,
               claim2's round 1 is the K = 4 point): do accuracy and held-out ELBO rise with K?
   claim1_warm24   lever for claim 1: 24 passes over the warm-start corpus instead of 16
-  claim2_k8, claim2_passes4, claim2_t05   levers for claim 2 (RESULTS.md): K = 8; 4 passes per
-              round >= 1; a proposal at temperature 0.5
+  claim2_k8, claim2_passes4, claim2_t05, claim2_small   levers for claim 2 (RESULTS.md): K = 8; 4
+              passes per round >= 1; a proposal at temperature 0.5; the `small` model preset
 Under `bolt`, the experiments of one seed share round 0: a run starts from a copy of another's base,
 data and round 0 when the two configs differ only in what rounds >= 1 and the baselines read
 (ROUND0_FREE), so claim 3's K curve and claim 2's levers grow from one warm-start model per seed.
@@ -68,6 +68,9 @@ BOLT = {
     # Lever for claim 2: a colder proposal (estep.temperature), so K samples of the tiny model's
     # posterior hold its right thought more often; the weights stay exact for it.
     "claim2_t05": ["em.num_rounds=3", "estep.num_samples=4", "estep.temperature=0.5", "em.baselines=[raw_tokens]"],
+    # Lever for claim 2: a stronger model (4 layers of 128, the `small` preset) that copies values
+    # (RESULTS.md, session 10), with its own base; ~2.5 h per seed on one core.
+    "claim2_small": ["model.preset=small", "em.num_rounds=3", "estep.num_samples=4", "em.baselines=[raw_tokens]"],
 }
 EXPERIMENTS = {"old": OLD, "bolt": BOLT}
 K_CURVE = [(1, "claim3_k1"), (2, "claim3_k2"), (4, "claim3_k4"), (4, "claim2"), (8, "claim3_k8")]
