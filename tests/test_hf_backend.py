@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from nemo_latent_thoughts.sampler import hf
 from nemo_latent_thoughts.sampler.hf import HFBackend
 
 
@@ -12,8 +13,10 @@ def backend(trained_model):
     return HFBackend(trained_model, batch_size=8, score_batch_size=3)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_scores_equal_a_plain_forward_pass(backend, temperature):
+@pytest.mark.parametrize("temperature, rows_per_pass", [(1.0, None), (0.5, None), (1.0, 3)])
+def test_scores_equal_a_plain_forward_pass(backend, temperature, rows_per_pass, monkeypatch):
+    if rows_per_pass:  # the output layer over 3 span positions at a time, as for a large vocabulary
+        monkeypatch.setattr(hf, "LOGITS_PER_PASS", backend.vocab_size * rows_per_pass)
     rng = np.random.default_rng(0)
     sequences = [rng.integers(0, 300, size=n).tolist() for n in (5, 17, 40, 9, 33)]
     spans = [(1, 5), (3, 17), (10, 30), (8, 9), (1, 33)]

@@ -131,7 +131,7 @@ class HFBackend:
         first): the K samples of a prompt share a batch and one prefill of their prefix, and
         prefixes of similar lengths share the rest of the batch."""
         check_spans(sequences, spans)
-        order = sorted(range(len(sequences)), key=lambda i: (spans[i][0], sequences[i][:spans[i][0]]))
+        order = sorted(range(len(sequences)), key=lambda i: (spans[i][0], tuple(sequences[i][:spans[i][0]])))
         scores = [0.0] * len(sequences)
         for batch in _batches(order, self.score_batch_size):
             values = self._score_batch([sequences[i][:spans[i][0]] for i in batch],
