@@ -88,9 +88,9 @@ class Timed:
         self.generated += sum(len(s.token_ids) for row in out for s in row)
         return out
 
-    def score(self, sequences, spans):
+    def score(self, sequences, spans, *args, **kwargs):
         start = time.perf_counter()
-        out = self.backend.score(sequences, spans)
+        out = self.backend.score(sequences, spans, *args, **kwargs)
         self.score_s += time.perf_counter() - start
         self.scored += sum(end - start for start, end in spans)
         return out

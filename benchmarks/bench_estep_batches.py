@@ -25,24 +25,7 @@ from nemo_latent_thoughts.sampler.hf import HFBackend
 from nemo_latent_thoughts.sampler.importance import infer
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
-
-class Timed:
-    """HFBackend with its sample and score calls timed."""
-
-    def __init__(self, backend: HFBackend):
-        self.backend, self.capabilities, self.seconds = backend, backend.capabilities, {"sample": 0.0, "score": 0.0}
-
-    def sample(self, *args, **kwargs):
-        return self._timed("sample", *args, **kwargs)
-
-    def score(self, *args, **kwargs):
-        return self._timed("score", *args, **kwargs)
-
-    def _timed(self, name, *args, **kwargs):
-        start = time.perf_counter()
-        out = getattr(self.backend, name)(*args, **kwargs)
-        self.seconds[name] += time.perf_counter() - start
-        return out
+from bench_estep import Timed  # this folder's E-step benchmark: sample and score calls timed
 
 
 def main() -> None:
@@ -75,7 +58,7 @@ def main() -> None:
                              max_context_tokens=e.max_context_tokens, seed=cfg.seed, round_=1,
                              num_tokens=len(tokenizer), keep_truncated=e.on_truncated == "keep",
                              temperature=e.temperature)
-        rows[label] = {**backend.seconds, "total": time.perf_counter() - start}
+        rows[label] = {"sample": backend.sample_s, "score": backend.score_s, "total": time.perf_counter() - start}
         chosen[label] = [r.latent for r in results]
         print(f"{label:>8} (batch {batch}, score batch {score_batch}, chunks per part {part}): "
               + ", ".join(f"{k} {v:.1f} s" for k, v in rows[label].items()))

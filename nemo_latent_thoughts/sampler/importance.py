@@ -101,7 +101,7 @@ def infer(backend: Backend, ids: LatentTokenIds, chunks: Sequence[ChunkInput], *
             owners.append((i, k))
     if not sequences:
         scores = []
-    elif temperature == 1:  # one call: a q prompt's prefill extends its p prefix's
+    elif temperature == 1:  # q and p(z, x) in one call
         scores = backend.score(sequences, spans)
     else:  # q (even entries) at its own temperature, p(z, x) (odd) the model's
         scores = [0.0] * len(sequences)
