@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -20,13 +21,16 @@ from typing import Iterator
 
 from nemo_latent_thoughts.errors import NLTError
 
+log = logging.getLogger(__name__)
+
 LOCK = ".lock"
 _held: set[Path] = set()  # the locks this process holds: taking one again is a no-op
 
 
 @contextlib.contextmanager
-def exclusive(directory: str | os.PathLike, name: str = LOCK, what: str = "") -> Iterator[None]:
-    """Hold the lock `directory/name` for the block; a one-line error if another process holds it."""
+def exclusive(directory: str | os.PathLike, name: str = LOCK, what: str = "", wait: bool = False) -> Iterator[None]:
+    """Hold the lock `directory/name` for the block; if another process holds it, a one-line error, or
+    with `wait` a log line naming the holder and a wait until it lets go."""
     path = (Path(directory) / name).resolve()
     if path in _held:
         yield
@@ -37,8 +41,12 @@ def exclusive(directory: str | os.PathLike, name: str = LOCK, what: str = "") ->
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NLTError(f"{path}: held by {holder(directory, name) or 'another process'}; one writer at a "
-                           "time: wait for it to finish or stop it (a killed holder releases it at once)") from None
+            who = holder(directory, name) or "another process"
+            if not wait:
+                raise NLTError(f"{path}: held by {who}; one writer at a time: wait for it to finish or stop it "
+                               "(a killed holder releases it at once)") from None
+            log.info("%s: held by %s; waiting for it", path, who)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()} {what or ' '.join(sys.argv)}\n".encode())
         _held.add(path)

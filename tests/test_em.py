@@ -290,6 +290,24 @@ def test_a_pretrained_base_is_shared_and_every_mstep_starts_from_it(tmp_path):
     assert len(bases) == 1 and load_config(Path(bases.pop()).parent / "config.yaml").training.lr == float(own[0].split("=")[1])
 
 
+def test_a_run_waits_for_another_that_trains_the_same_base_then_uses_it(tmp_path, caplog):
+    """Seeds started at once (`run.py --jobs`) need one base: the second waits on its cache entry's lock
+    instead of failing, then trains it only if the first did not finish it."""
+    first, second = tmp_path / "runs" / "seed1", tmp_path / "runs" / "seed2"
+    assert main(["em", "run", f"run_dir={first}", "seed=1", *TINY, *BASE, "--until", "base model"]) == 0
+    home = Path(json.loads((first / "base" / "base.json").read_text())["model"]).parent
+    shutil.rmtree(home)  # as if the first run were still training it: it holds the entry's lock for 3 s
+    hold = ("import sys, time; from nemo_latent_thoughts import locks\n"
+            "with locks.exclusive(sys.argv[1], what='the first run'):\n    print('held', flush=True); time.sleep(3)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(home)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with caplog.at_level("INFO", logger="nemo_latent_thoughts.locks"):
+        assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "--until", "base model"]) == 0
+    assert holder.wait() == 0 and "(the first run); waiting for it" in caplog.text
+    assert json.loads((second / "base" / "base.json").read_text())["model"] == str(home / "hf")
+    assert (home / "hf" / "config.json").is_file()
+
+
 def test_a_separate_warm_start_corpus_is_round_0s_alone(tmp_path):
     from nemo_latent_thoughts import testing
     from nemo_latent_thoughts.data.prepare import read_chunks

@@ -59,3 +59,17 @@ def test_stale_temps_are_removed_except_below_a_live_writer(tmp_path, hold):
     with locks.exclusive(tmp_path):  # the caller's own lock does not protect anything from it
         locks.remove_stale_temps(tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob(".tmp-*")) == ["b/c/.tmp-out.jsonl-x"]
+
+
+def test_a_waiting_writer_says_whom_it_waits_for_and_goes_on_when_the_holder_dies(tmp_path, hold, caplog):
+    """`wait=True` (runs sharing one cached base model): a log line, then the lock once it is free."""
+    import threading
+
+    holder = threading.Timer(1.0, hold(tmp_path).kill)
+    holder.start()
+    with caplog.at_level("INFO", logger="nemo_latent_thoughts.locks"):
+        with locks.exclusive(tmp_path, what="waiter", wait=True):
+            assert "(waiter)" in locks.holder(tmp_path)
+    holder.join()
+    assert "held by PID" in caplog.text and "(holder); waiting for it" in caplog.text
+    assert locks.holder(tmp_path) is None

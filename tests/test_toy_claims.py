@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,43 @@ def test_experiments_of_one_seed_share_round_0_when_only_later_stages_differ(tmp
     assert share("lr", "training.lr=0.01") is None  # round 0 trains with it
     assert share("passes", "training.epochs=4", "warmstart.epochs=null") is None  # round 0's passes too
     assert not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_jobs_run_at_once_but_a_seeds_later_runs_wait_for_its_round_0(tmp_path, monkeypatch):
+    """`--jobs 4`: up to four runs at a time, each with its share of the cores' threads and a log of its
+    own; a seed's second run starts once its first has round 0; a failure is one line naming its log."""
+    run = _runner()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a user's own setting would be kept
+    fake = ("import os, sys, time; from pathlib import Path\n"
+            "run = Path(sys.argv[1]); print('threads', os.environ.get('OMP_NUM_THREADS'), flush=True)\n"
+            "open(sys.argv[2], 'a').write(f'{run.parent.name}/{run.name} start {time.monotonic()}\\n')\n"
+            "time.sleep(0.5); (run / 'round_00/eval').mkdir(parents=True); (run / 'round_00/eval/summary.json').touch()\n"
+            "time.sleep(3.0); open(sys.argv[2], 'a').write(f'{run.parent.name}/{run.name} end {time.monotonic()}\\n')\n"
+            "sys.exit(run.parent.name == 'bad')")
+    events = tmp_path / "events"
+
+    def command(name, seed):
+        return [sys.executable, "-c", fake, str(tmp_path / name / f"seed{seed}"), str(events)]
+
+    jobs = [("a", 1), ("b", 1), ("a", 2), ("bad", 2)]
+    with pytest.raises(SystemExit, match=r"^run.py: bad seed 2 failed \(exit 1\); see .*logs/bad_seed2.log\n"):
+        run.execute(jobs, tmp_path, 4, command, poll=0.1)
+    times = {}
+    for line in events.read_text().splitlines():
+        job, what, t = line.split()
+        times[job, what] = float(t)
+    assert len(times) == 8  # every job ran to its end
+    starts = sorted((t, job) for (job, what), t in times.items() if what == "start")
+    assert {job for _, job in starts[:2]} == {"a/seed1", "a/seed2"}  # b/seed1 waited for a/seed1's round 0
+    for first, later in (("a/seed1", "b/seed1"), ("a/seed2", "bad/seed2")):
+        assert times[first, "start"] + 0.5 <= times[later, "start"] < times[first, "end"]  # not for its end
+    threads = len(os.sched_getaffinity(0)) // 4
+    assert (tmp_path / "logs" / "b_seed1.log").read_text() == f"threads {max(1, threads)}\n"
+    events.unlink()
+    run.execute([("c", 3), ("d", 4)], tmp_path, 1, command, poll=0.1)  # one at a time, whatever the seeds
+    (c_start, c_end), (d_start, _) = [[float(line.split()[2]) for line in events.read_text().splitlines()
+                                       if line.startswith(job)] for job in ("c/", "d/")]
+    assert c_end <= d_start
 
 
 @pytest.mark.slow

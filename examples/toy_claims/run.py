@@ -1,7 +1,7 @@
 """Run the paper's three claims at toy scale with `nlt em run`, over seeds, and tabulate them.
 
     python examples/toy_claims/run.py [--protocol old|bolt] [--seeds 1 2 3] [--experiments claim1 ...]
-                                      [--out runs/toy_claims] [KEY=VALUE ...]
+                                      [--out runs/toy_claims] [--jobs N] [KEY=VALUE ...]
 
 Protocol `old` (recipes/toy_claims.yaml; sessions 1-3): every M-step from random initialisation,
 the warm start annotates a share of the bootstrap corpus itself, a fixed token budget.
@@ -23,7 +23,9 @@ corpus, the E-step over the bootstrap corpus, about 2 passes per M-step.
 Under `bolt`, the experiments of one seed share round 0: a run starts from a copy of another's base,
 data and round 0 when the two configs differ only in what rounds >= 1 and the baselines read
 (ROUND0_FREE), so claim 3's K curve and claim 2's levers grow from one warm-start model per seed.
-Each experiment runs one run directory per seed (resumable: rerun the same command); OUT/environment.json
+Each experiment runs one run directory per seed (resumable: rerun the same command), `--jobs` of them
+at a time (each with its share of the cores' threads and its log in OUT/logs/; a seed's further runs
+wait for its first round 0, which they share); OUT/environment.json
 records the package versions (the numbers are reproducible bit for bit only under the same ones).
 A model's accuracy is taken in its own mode: latent mode for latent-trained rounds, plain mode for
 the raw-data baselines; `accuracy` is the flexible extraction, `accuracy_strict` the strict one
@@ -34,11 +36,14 @@ then each claim's comparison and whether it held) and OUT/claims.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +228,42 @@ def plot(results: dict, per_seed: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def execute(jobs: list[tuple[str, int]], out: Path, parallel: int, command, poll: float = 2.0) -> None:
+    """Run each (experiment, seed) job's `command(name, seed)`, `parallel` at a time, in order, except
+    that a seed's job waits while another of that seed runs and no run of that seed has finished its
+    round 0 (the one it would copy). With parallel > 1 each job logs to OUT/logs/NAME_seedS.log and
+    the cores' threads are divided among the jobs. Exits with one line per failed job."""
+    env, logs = dict(os.environ), out / "logs"
+    if parallel > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // parallel)))
+        logs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(jobs), {}, []
+
+    def ready(job: tuple[str, int]) -> bool:
+        return (all(seed != job[1] for _, seed in running)
+                or any((d / "round_00" / "eval" / "summary.json").exists() for d in out.glob(f"*/seed{job[1]}")))
+
+    while running or (pending and not failed):
+        while not failed and len(running) < parallel and (job := next(filter(ready, pending), None)):
+            pending.remove(job)
+            log = logs / f"{job[0]}_seed{job[1]}.log" if parallel > 1 else None
+            with open(log, "a") if log else contextlib.nullcontext() as sink:
+                process = subprocess.Popen(command(*job), env=env, stdout=sink, stderr=subprocess.STDOUT if log else None)
+            running[job] = (process, time.monotonic(), log)
+            print(f"run.py: {job[0]} seed {job[1]} started" + (f" (log: {log})" if log else ""), flush=True)
+        time.sleep(poll)
+        for job, (process, start, log) in list(running.items()):
+            if (code := process.poll()) is not None:
+                del running[job]
+                if code:
+                    failed.append(f"run.py: {job[0]} seed {job[1]} failed (exit {code})" + (f"; see {log}" if log else ""))
+                else:
+                    print(f"run.py: {job[0]} seed {job[1]} finished in {(time.monotonic() - start) / 60:.1f} min "
+                          f"({len(jobs) - len(pending) - len(running)} of {len(jobs)} done)", flush=True)
+    if failed:
+        sys.exit("\n".join(failed + ["run.py: rerun the same command to resume"]))
+
+
 def environment() -> dict[str, str]:
     """Versions that decide the numbers: CPU training is bitwise reproducible only within one set of them."""
     import platform
@@ -243,6 +284,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--experiments", nargs="+", help="default: all of the protocol's")
     parser.add_argument("--out", type=Path, default=Path("runs/toy_claims"))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. one per core; default 1)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every run")
     args = parser.parse_args()
     experiments = EXPERIMENTS[args.protocol]
@@ -250,17 +292,20 @@ def main() -> None:
     if unknown:
         parser.error(f"--experiments: {', '.join(sorted(unknown))} not in protocol {args.protocol}: {', '.join(experiments)}")
     shared = [f"base.cache_dir={args.out.resolve() / 'base_models'}"] if args.protocol == "bolt" else []
+    names = args.experiments or list(experiments)
+
+    def command(name: str, seed: int) -> list[str]:
+        run_dir = args.out / name / f"seed{seed}"
+        overrides = [f"run_dir={run_dir}", f"seed={seed}", *experiments[name], *shared, *args.overrides]
+        if args.protocol == "bolt":
+            share_round0(run_dir, sorted(args.out.glob(f"*/seed{seed}")),
+                         config_lib.load_config(RECIPE[args.protocol], overrides))
+        return [sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE[args.protocol]), *overrides]
+
+    execute([(name, seed) for name in names for seed in args.seeds], args.out, args.jobs, command)
     results, seeds = {}, {}
-    for name in args.experiments or list(experiments):
-        for seed in args.seeds:
-            run_dir = args.out / name / f"seed{seed}"
-            overrides = [f"run_dir={run_dir}", f"seed={seed}", *experiments[name], *shared, *args.overrides]
-            if args.protocol == "bolt":
-                share_round0(run_dir, sorted(args.out.glob(f"*/seed{seed}")),
-                             config_lib.load_config(RECIPE[args.protocol], overrides))
-            subprocess.run([sys.executable, "-m", "nemo_latent_thoughts.cli", "em", "run", str(RECIPE[args.protocol]),
-                            *overrides], check=True)
-            seeds.setdefault(name, {})[seed] = metrics(run_dir)
+    for name in names:
+        seeds[name] = {seed: metrics(args.out / name / f"seed{seed}") for seed in args.seeds}
         results[name] = table(list(seeds[name].values()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

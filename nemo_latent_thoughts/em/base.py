@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from nemo_latent_thoughts import fileio, testing
+from nemo_latent_thoughts import fileio, locks, testing
 from nemo_latent_thoughts.config import Config, DataSource
 from nemo_latent_thoughts.em.plan import DONE, MANIFEST
 from nemo_latent_thoughts.errors import NLTError
@@ -112,8 +112,9 @@ def pretrain_base(cfg: Config, out: Path) -> None:
                              if k not in ("train_data", "valid_data", "out_dir")}}
     inputs = sorted(Path(cfg.tokenizer.path).iterdir()) + sorted(data.glob("*.bin")) + sorted(data.glob("*.idx"))
     home = Path(b.cache_dir).resolve() / _digest(inputs, settings)
-    if (home / DONE).exists():
-        log.info("base: using the cached base model %s", home / "hf")
-    else:
-        train(replace(base_cfg, training=replace(training, out_dir=str(home))))
+    with locks.exclusive(home, what="nlt em run (base model)", wait=True):  # runs that need it at once train it once
+        if (home / DONE).exists():
+            log.info("base: using the cached base model %s", home / "hf")
+        else:
+            train(replace(base_cfg, training=replace(training, out_dir=str(home))))
     fileio.write_json(out / POINTER, {"model": str(home / "hf"), "steps": json.loads((home / DONE).read_text())["steps"]})
