@@ -47,11 +47,16 @@ def reference(tmp_path_factory):
 
 
 def test_heldout_thoughts_bounds_round_0_with_the_teachers_thoughts_beside_the_baselines_log_p(reference):
-    """examples/toy_claims/heldout_thoughts.py: its raw-baseline figures are `nlt eval`'s own."""
+    """examples/toy_claims/heldout_thoughts.py: its raw-baseline figures and its ELBO_K are `nlt eval`'s own."""
     script = Path(__file__).resolve().parents[1] / "examples" / "toy_claims" / "heldout_thoughts.py"
-    out = subprocess.run([sys.executable, str(script), str(reference)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(script), str(reference), "--elbo-samples", "4"], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     table = json.loads(out.stdout.split("\n", 1)[1])
+    round0 = json.loads((reference / "round_00" / "eval" / "summary.json").read_text())["heldout"]
+    assert round0["num_samples"] == 4  # recomputed with nlt eval's K and seed, it is nlt eval's ELBO
+    elbo = round0["elbo_per_raw_token"]  # None where every sample of the tiny run hits its 8-token cap
+    assert table["all"]["ELBO (K = 4)"] == (elbo if elbo is None else pytest.approx(elbo, abs=1e-3))
     for kind in ("raw_tokens", "flops"):
         summary = json.loads((reference / "baselines" / kind / "eval" / "summary.json").read_text())
         assert table["all"][f"{kind} log p(x)"] == pytest.approx(summary["heldout"]["logp_per_raw_token"], abs=1e-3)

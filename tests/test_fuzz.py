@@ -28,7 +28,7 @@ settings.register_profile("default", max_examples=300, deadline=None, derandomiz
 settings.register_profile("ci", max_examples=2_500, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.fuzz]
 
 FIELDS = ["text", "id", "doc_id", "chunk_idx", "num_chunks", "context", "latent", "latent_token_ids", "source",
           "question", "answer", "problem", "solution"]

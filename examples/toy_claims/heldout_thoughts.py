@@ -1,6 +1,6 @@
 """Why does a latent model's held-out ELBO trail the raw models' log p? Score the teacher's thoughts.
 
-    python examples/toy_claims/heldout_thoughts.py RUN_DIR [--round 0]
+    python examples/toy_claims/heldout_thoughts.py RUN_DIR [--round 0] [--elbo-samples 4 16 64]
 
 For the held-out chunks `nlt eval` bounds (eval.elbo_corpus, the first eval.elbo_chunks chunks),
 the program teacher writes each chunk's true thought z* (from the document's text before it), and
@@ -9,7 +9,9 @@ p(x) = sum_z p(z, x) >= p(z*, x), log p(z*, x) bounds the model's log p(x) as va
 does; it is split into the thought's part (PRIOR z* EOL) and the chunk's (x given z*). Beside it,
 each raw baseline's exact log p(x | c) of the same chunks (`nlt eval`'s plain layout). All per raw
 token, over all chunks and over the two kinds: result chunks (`Then a*b - a = 14.`: the thought
-computes) and the rest (bindings: the thought restates the chunk's values).
+computes) and the rest (bindings: the thought restates the chunk's values). With --elbo-samples,
+also the round's held-out ELBO_K (`nlt eval`'s, the model's own sampled thoughts) at each K: how much
+of its gap to the raw models is the bound's slack, which closes as K grows.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import argparse
 import json
 from pathlib import Path
 
+from dataclasses import replace
+
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.data.layouts import prior_layout
 from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
-from nemo_latent_thoughts.eval.run import heldout_records, plain_sequences, summary_of
+from nemo_latent_thoughts.eval.run import heldout_likelihood, heldout_records, plain_sequences, summary_of
 from nemo_latent_thoughts.sampler.hf import HFBackend
 from nemo_latent_thoughts.sampler.importance import joint_sequence
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
@@ -40,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--round", type=int, default=0)
+    parser.add_argument("--elbo-samples", type=int, nargs="*", default=[], metavar="K")
     args = parser.parse_args()
     cfg = run_config(args.run_dir)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
@@ -87,6 +92,10 @@ def main() -> None:
                                                 for key, values in per_chunk.items() if key != "raw tokens"}}
     heldout = (summary_of(round_dir(cfg, args.round) / "eval") or {}).get("heldout") or {}
     out["all"][f"ELBO (K = {heldout.get('num_samples')})"] = heldout.get("elbo_per_raw_token")
+    model = str(round_dir(cfg, args.round) / "mstep" / "hf")
+    for k in args.elbo_samples:  # sampled like `nlt eval`'s (same seed), K samples per chunk
+        bound = heldout_likelihood(replace(cfg, eval=replace(cfg.eval, model=model, elbo_samples=k)), tokenizer)
+        out["all"][f"ELBO (K = {k})"] = bound["elbo_per_raw_token"] and round(bound["elbo_per_raw_token"], 3)
     print(f"round {args.round}, per raw token over the first {len(chunks)} held-out chunks:")
     print(json.dumps(out, indent=1))
 
