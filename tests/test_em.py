@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -301,14 +302,29 @@ def test_a_run_waits_for_another_that_trains_the_same_base_then_uses_it(tmp_path
     first, second = tmp_path / "runs" / "seed1", tmp_path / "runs" / "seed2"
     assert main(["em", "run", f"run_dir={first}", "seed=1", *TINY, *BASE, "--until", "base model"]) == 0
     home = Path(json.loads((first / "base" / "base.json").read_text())["model"]).parent
-    shutil.rmtree(home)  # as if the first run were still training it: it holds the entry's lock for 3 s
-    hold = ("import sys, time; from nemo_latent_thoughts import locks\n"
-            "with locks.exclusive(sys.argv[1], what='the first run'):\n    print('held', flush=True); time.sleep(3)")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(home)], stdout=subprocess.PIPE, text=True)
+    shutil.rmtree(home)  # as if the first run were still training it: it holds the entry's lock
+    hold = ("import sys; from nemo_latent_thoughts import locks\n"
+            "with locks.exclusive(sys.argv[1], what='the first run'):\n    print('held', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(home)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     assert holder.stdout.readline() == "held\n"
-    with caplog.at_level("INFO", logger="nemo_latent_thoughts.locks"):
-        assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "--until", "base model"]) == 0
-    assert holder.wait() == 0 and "(the first run); waiting for it" in caplog.text
+
+    stop = threading.Event()
+
+    def release_once_waited_for():  # the first run finishes once the second says it waits (or has stopped)
+        while "waiting for it" not in caplog.text and not stop.wait(0.2):
+            pass
+        holder.communicate("done\n")
+
+    releaser = threading.Thread(target=release_once_waited_for)
+    try:
+        with caplog.at_level("INFO", logger="nemo_latent_thoughts.locks"):
+            releaser.start()
+            assert main(["em", "run", f"run_dir={second}", "seed=2", *TINY, *BASE, "--until", "base model"]) == 0
+    finally:
+        stop.set()
+        releaser.join()
+    assert holder.returncode == 0 and "(the first run); waiting for it" in caplog.text
     assert json.loads((second / "base" / "base.json").read_text())["model"] == str(home / "hf")
     assert (home / "hf" / "config.json").is_file()
 

@@ -96,7 +96,7 @@ def test_jobs_run_at_once_but_a_seeds_later_runs_wait_for_its_round_0(tmp_path, 
             "run = Path(sys.argv[1]); print('threads', os.environ.get('OMP_NUM_THREADS'), flush=True)\n"
             "open(sys.argv[2], 'a').write(f'{run.parent.name}/{run.name} start {time.monotonic()}\\n')\n"
             "time.sleep(0.5); (run / 'round_00/eval').mkdir(parents=True); (run / 'round_00/eval/summary.json').touch()\n"
-            "time.sleep(3.0); open(sys.argv[2], 'a').write(f'{run.parent.name}/{run.name} end {time.monotonic()}\\n')\n"
+            "time.sleep(5.0); open(sys.argv[2], 'a').write(f'{run.parent.name}/{run.name} end {time.monotonic()}\\n')\n"
             "sys.exit(run.parent.name == 'bad')")
     events = tmp_path / "events"
 
