@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.data.layouts import prior_layout
@@ -47,6 +46,7 @@ def main() -> None:
     parser.add_argument("--elbo-samples", type=int, nargs="*", default=[], metavar="K")
     args = parser.parse_args()
     cfg = run_config(args.run_dir)
+    round_model = round_dir(cfg, args.round) / "mstep" / "hf"
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     ids = latent_token_ids(tokenizer)
     records = heldout_records(cfg)
@@ -71,7 +71,7 @@ def main() -> None:
     for (sequence, start), z in zip(raw_context + after_thoughts, thoughts + thoughts):
         sequences += [sequence, sequence]
         spans += [(start, start + len(z) + 2), (start + len(z) + 2, len(sequence))]  # PRIOR z EOL, then x
-    scores = score(round_dir(cfg, args.round) / "mstep" / "hf", sequences, spans)
+    scores = score(round_model, sequences, spans)
     half = len(scores) // 2
     for name, part in (("", scores[:half]), (" after thoughts", scores[half:])):
         per_chunk[f"log p(z*){name}"], per_chunk[f"log p(x | z*){name}"] = part[0::2], part[1::2]
@@ -92,9 +92,8 @@ def main() -> None:
                                                 for key, values in per_chunk.items() if key != "raw tokens"}}
     heldout = (summary_of(round_dir(cfg, args.round) / "eval") or {}).get("heldout") or {}
     out["all"][f"ELBO (K = {heldout.get('num_samples')})"] = heldout.get("elbo_per_raw_token")
-    model = str(round_dir(cfg, args.round) / "mstep" / "hf")
     for k in args.elbo_samples:  # sampled like `nlt eval`'s (same seed), K samples per chunk
-        bound = heldout_likelihood(replace(cfg, eval=replace(cfg.eval, model=model, elbo_samples=k)), tokenizer)
+        bound = heldout_likelihood(replace(cfg, eval=replace(cfg.eval, model=str(round_model), elbo_samples=k)), tokenizer)
         out["all"][f"ELBO (K = {k})"] = bound["elbo_per_raw_token"] and round(bound["elbo_per_raw_token"], 3)
     print(f"round {args.round}, per raw token over the first {len(chunks)} held-out chunks:")
     print(json.dumps(out, indent=1))
