@@ -61,6 +61,28 @@ def test_the_bolt_protocols_claim_3_is_a_rising_curve_over_k():
     assert "K = 1, 2, 4, 8" in claim and ("accuracy K=4", (0.35, 0.0, 3)) in values  # claim3_k4 before claim2
 
 
+def test_claim_2s_round_1_is_claim_3s_k_4_point(tmp_path):
+    """`make claims-bolt` runs no claim3_k4: claim2's configs differ from it only in em.num_rounds and
+    em.baselines, which neither round 1's E-step nor its M-step reads (its recipe is the same)."""
+    from omegaconf import OmegaConf
+
+    from nemo_latent_thoughts import config as config_lib
+    from nemo_latent_thoughts.em import base, driver, plan
+
+    run = _runner()
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / base.POINTER).write_text(json.dumps({"model": "base_models/x/hf"}))
+    (tmp_path / "round_01" / "data").mkdir(parents=True)
+    (tmp_path / "round_01" / "data" / "manifest.json").write_text(json.dumps({"splits": {"valid": {"documents": 8}}}))
+    recipe = {}
+    for name in ("claim2", "claim3_k4"):
+        cfg = config_lib.load_config(str(run.RECIPE["bolt"]), [f"run_dir={tmp_path}", *run.BOLT[name]])
+        stage = next(s for s in plan.plan(cfg) if s.name == "round 1 mstep")
+        recipe[name] = config_lib._flat(OmegaConf.to_container(OmegaConf.structured(driver.round_training(cfg, stage))))
+    assert {k for k in recipe["claim2"] if recipe["claim2"][k] != recipe["claim3_k4"][k]} == {"em.num_rounds",
+                                                                                          "em.baselines"}
+
+
 def test_experiments_of_one_seed_share_round_0_when_only_later_stages_differ(tmp_path):
     """run.py copies a sibling's base, data and round 0 into a new run when the configs differ only in
     what rounds >= 1 and the baselines read; never the sibling's later rounds, baselines or config."""
