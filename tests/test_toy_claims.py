@@ -181,3 +181,12 @@ def test_latent_quality_scores_the_teacher_latents_and_catches_a_wrong_one(tmp_p
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     q2 = quality.run_quality(run)["round 0"]
     assert q2["substitution"] == 1.0 and q2["value"] == q2["exact"] == round(1 - 1 / q["result_chunks"], 3)
+
+
+def test_the_environment_names_the_versions_and_the_cpu_kernels_that_decide_the_numbers():
+    import torch
+
+    found = _runner().environment()
+    assert found["torch"] == torch.__version__
+    assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and found["cpu"]
+    assert {"python", "transformers", "numpy", "tokenizers", "math-verify"} <= found.keys()

@@ -269,11 +269,17 @@ def execute(jobs: list[tuple[str, int]], out: Path, parallel: int, command, poll
 
 
 def environment() -> dict[str, str]:
-    """Versions that decide the numbers: CPU training is bitwise reproducible only within one set of them."""
+    """What decides the numbers: CPU training is bitwise reproducible only within one set of these
+    versions and one kind of CPU (the kernels torch picks for it; RESULTS.md, session 14)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"python": platform.python_version()}
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    found = {"python": platform.python_version(), "cpu": names[0] if names else platform.processor(),
+             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name in ("torch", "transformers", "numpy", "tokenizers", "math-verify", "nemo-latent-thoughts"):
         try:
             found[name] = version(name)
