@@ -197,7 +197,7 @@ def test_a_node_lost_during_a_two_node_mstep_requeues_the_job_and_its_rerun_resu
         wait_until(lambda: node_is("n2", "down"), timeout=120, what="Slurm to mark n2 down")
         wait_until(lambda: "PENDING" in squeue_states(), timeout=120, what="the job to be requeued")
         kept.update({p.name: p.stat().st_mtime_ns for _, p in checkpoint.list_checkpoints(out_dir / "checkpoints")})
-        subprocess.run(["slurmd", "-N", "n2"], check=True)  # Slurm holds the requeued job for cred_expire (30 s)
+        subprocess.run(["slurmd", "-N", "n2"], check=True)  # Slurm holds the requeued job for 2 minutes
 
     try:
         rc, out = launch_and_wait_while("mstep", cfg, tmp_path, lose_node_2_until_the_job_is_requeued)
