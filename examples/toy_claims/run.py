@@ -279,8 +279,9 @@ def environment() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
     found = {"python": platform.python_version(), "cpu": names[0] if names else platform.processor(),
-             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    for name in ("torch", "transformers", "numpy", "tokenizers", "math-verify", "nemo-latent-thoughts"):
+             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "torch": torch.__version__}  # with its build tag (+cpu, +cu130), which the wheel's metadata drops
+    for name in ("transformers", "numpy", "tokenizers", "math-verify", "nemo-latent-thoughts"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
