@@ -50,10 +50,14 @@ def reference(tmp_path_factory):
 def test_heldout_thoughts_bounds_round_0_with_the_teachers_thoughts_beside_the_baselines_log_p(reference):
     """examples/toy_claims/heldout_thoughts.py: its raw-baseline figures and its ELBO_K are `nlt eval`'s own."""
     script = Path(__file__).resolve().parents[1] / "examples" / "toy_claims" / "heldout_thoughts.py"
-    out = subprocess.run([sys.executable, str(script), str(reference), "--elbo-samples", "4"], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(script), str(reference), "--elbo-samples", "4", "--interleaved", "2"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     table = json.loads(out.stdout.split("\n", 1)[1])
+    own = table.pop("own thoughts")  # the tiny run's samples may all hit their cap: then no figures
+    used, total = map(int, re.fullmatch(r"(\d+) of (\d+)", own["document samples"]).groups())
+    assert total % 2 == 0
+    assert (own["ELBO_1 after raw text"] is None) == (own["ELBO_1 after own thoughts"] is None) == (used == 0)
     round0 = json.loads((reference / "round_00" / "eval" / "summary.json").read_text())["heldout"]
     assert round0["num_samples"] == 4  # recomputed with nlt eval's K and seed, it is nlt eval's ELBO
     elbo = round0["elbo_per_raw_token"]  # None where every sample of the tiny run hits its 8-token cap

@@ -188,3 +188,45 @@ def test_the_environment_names_the_versions_and_the_cpu_kernels_that_decide_the_
     assert found["torch"] == torch.__version__
     assert found["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and found["cpu"]
     assert {"python", "transformers", "numpy", "tokenizers", "math-verify"} <= found.keys()
+
+
+PRIOR = 4
+
+
+class ContextBackend:
+    """Scores half a nat per span token, and a tenth more per thought (PRIOR) before the span: the two
+    layouts of heldout_thoughts.py's --interleaved differ by exactly the earlier thoughts they show."""
+
+    capabilities = frozenset()
+
+    def sample(self, prompts, num_samples, max_new_tokens, stop_token_id, seeds, temperature=1.0):
+        from nemo_latent_thoughts.sampler.backend import Sample
+
+        return [[Sample([] if (i, k) == (4, 1) else [10 + k], stopped=True) for k in range(num_samples)]
+                for i in range(len(prompts))]  # document b's second chunk: sample 1 empty (rejected)
+
+    def score(self, sequences, spans, temperature=1.0):
+        return [-0.5 * (end - start) - 0.1 * list(seq[:start]).count(PRIOR)
+                for seq, (start, end) in zip(sequences, spans)]
+
+
+
+def test_interleaved_elbo_scores_the_same_own_thoughts_after_raw_text_and_after_earlier_thoughts():
+    from nemo_latent_thoughts.config import Config
+    from nemo_latent_thoughts.sampler.importance import ChunkInput
+    from nemo_latent_thoughts.tokens import LatentTokenIds
+
+    spec = importlib.util.spec_from_file_location("heldout_thoughts", RUNNER.parent / "heldout_thoughts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = LatentTokenIds(bos=0, eos=1, sol=2, eol=3, prior=PRIOR, post=5)
+    docs = {"a": [[20], [21, 22], [23]], "b": [[24], [25]]}
+    chunks = [ChunkInput(doc, i, x, [t for y in texts[:i] for t in y]) for doc, texts in docs.items()
+              for i, x in enumerate(texts)]
+    found = module.interleaved_elbo(ContextBackend(), Config(), ids, chunks, num_samples=2, num_tokens=30)
+    # Used: a's two samples (3 chunks, 4 raw tokens each) and b's first (2 chunks, 2 tokens): 10 raw tokens.
+    # Per chunk, log q = -0.5 * |z EOL| = -1 and log p = -0.5 * |PRIOR z EOL x| (after raw text), less 0.1
+    # per earlier chunk after its thoughts: a's chunks lose 0 + 0.1 + 0.2 per sample, b's 0 + 0.1.
+    assert found["document samples"] == "3 of 4"
+    assert found["ELBO_1 after raw text"] == pytest.approx((2 * (-6.5 + 3) + (-4 + 2)) / 10)
+    assert found["ELBO_1 after own thoughts"] == pytest.approx((2 * (-6.5 + 3 - 0.3) + (-4 + 2 - 0.1)) / 10)

@@ -11,7 +11,11 @@ each raw baseline's exact log p(x | c) of the same chunks (`nlt eval`'s plain la
 token, over all chunks and over the two kinds: result chunks (`Then a*b - a = 14.`: the thought
 computes) and the rest (bindings: the thought restates the chunk's values). With --elbo-samples,
 also the round's held-out ELBO_K (`nlt eval`'s, the model's own sampled thoughts) at each K: how much
-of its gap to the raw models is the bound's slack, which closes as K grows.
+of its gap to the raw models is the bound's slack, which closes as K grows. With --interleaved K, the
+ELBO_1 of the model's own K sampled thoughts per chunk (`nlt eval`'s samples) scored in both layouts:
+after the raw text before the chunk (the ELBO's and the E-step's), and after the document's earlier
+chunks each with its sampled thought (the layout the M-step trains every chunk but the first in).
+Both bound log p(x) (the second for the whole document, its thoughts drawn chunk by chunk from q).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
 from nemo_latent_thoughts.eval.run import heldout_likelihood, heldout_records, plain_sequences, summary_of
 from nemo_latent_thoughts.sampler.hf import HFBackend
-from nemo_latent_thoughts.sampler.importance import joint_sequence
+from nemo_latent_thoughts.sampler.importance import ChunkInput, infer, joint_sequence
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
 
@@ -39,11 +43,49 @@ def score(model_dir: Path, sequences: list[list[int]], spans: list[tuple[int, in
         backend.close()
 
 
+def after_thoughts(ids, earlier: list[tuple[list[int], list[int]]], z: list[int],
+                   x: list[int]) -> tuple[list[int], tuple[int, int]]:
+    """`BOS` then each earlier (thought, chunk) in the prior layout, then this chunk's; the span from PRIOR."""
+    context = [ids.bos] + [t for zx in earlier for t in prior_layout(ids, *zx)]
+    return context + list(prior_layout(ids, z, x)), (len(context) + 1, len(context) + len(z) + 3 + len(x))
+
+
+def interleaved_elbo(backend, cfg, ids, chunks: list[ChunkInput], num_samples: int, num_tokens: int) -> dict:
+    """ELBO_1 per raw token of the model's own sampled thoughts in the two layouts, over the document
+    samples whose every thought is valid (sample k of each chunk of a document forms its k-th sample)."""
+    results = infer(backend, ids, chunks, num_samples=num_samples, max_new_tokens=cfg.estep.max_new_tokens,
+                    max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
+                    seed=cfg.seed, round_=-1, num_tokens=num_tokens)  # `nlt eval`'s samples
+    docs: dict[str, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        docs.setdefault(chunk.doc_id, []).append(i)
+    used = [(members, k) for members in docs.values() for k in range(num_samples)
+            if all(results[i].log_q[k] is not None for i in members)]
+    sequences, spans, pairs = [], [], []
+    for members, k in used:
+        for n, i in enumerate(members):
+            earlier = [(results[j].samples[k], chunks[j].tokens) for j in members[:n]]
+            sequence, span = after_thoughts(ids, earlier, results[i].samples[k], chunks[i].tokens)
+            sequences.append(sequence)
+            spans.append(span)
+            pairs.append((i, k))
+    log_p_after = backend.score(sequences, spans) if pairs else []
+    raw = sum(len(chunks[i].tokens) for i, _ in pairs)
+
+    def per_raw_token(log_p: list[float]) -> float | None:
+        return round(sum(lp - results[i].log_q[k] for lp, (i, k) in zip(log_p, pairs)) / raw, 3) if raw else None
+
+    return {"document samples": f"{len(used)} of {len(docs) * num_samples}",
+            "ELBO_1 after raw text": per_raw_token([results[i].log_p[k] for i, k in pairs]),
+            "ELBO_1 after own thoughts": per_raw_token(log_p_after)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--round", type=int, default=0)
     parser.add_argument("--elbo-samples", type=int, nargs="*", default=[], metavar="K")
+    parser.add_argument("--interleaved", type=int, metavar="K", help="ELBO_1 of K own thoughts in both layouts")
     args = parser.parse_args()
     cfg = run_config(args.run_dir)
     round_model = round_dir(cfg, args.round) / "mstep" / "hf"
@@ -59,16 +101,16 @@ def main() -> None:
 
     per_chunk: dict[str, list[float]] = {"raw tokens": [len(c.tokens) for c in chunks],
                                          "thought tokens": [len(z) for z in thoughts]}
-    raw_context, after_thoughts = [], []  # (sequence, start of PRIOR) per chunk, in the two layouts
+    raw_context, in_training_layout = [], []  # (sequence, start of PRIOR) per chunk, in the two layouts
     for chunk, z in zip(chunks, thoughts):
         joint, (start, _) = joint_sequence(ids, chunk, z, cfg.estep.max_context_tokens)
         raw_context.append((joint, start))
         # The same chunk after its document's earlier chunks in the training layout (each with its thought).
-        context = [ids.bos] + [t for i in range(chunk.chunk_idx)
-                               for t in prior_layout(ids, *thought_of[(chunk.doc_id, i)])]
-        after_thoughts.append((context + list(prior_layout(ids, z, chunk.tokens)), len(context) + 1))
+        earlier = [thought_of[(chunk.doc_id, i)] for i in range(chunk.chunk_idx)]
+        sequence, (start, _) = after_thoughts(ids, earlier, z, chunk.tokens)
+        in_training_layout.append((sequence, start))
     sequences, spans = [], []
-    for (sequence, start), z in zip(raw_context + after_thoughts, thoughts + thoughts):
+    for (sequence, start), z in zip(raw_context + in_training_layout, thoughts + thoughts):
         sequences += [sequence, sequence]
         spans += [(start, start + len(z) + 2), (start + len(z) + 2, len(sequence))]  # PRIOR z EOL, then x
     scores = score(round_model, sequences, spans)
@@ -95,6 +137,12 @@ def main() -> None:
     for k in args.elbo_samples:  # sampled like `nlt eval`'s (same seed), K samples per chunk
         bound = heldout_likelihood(replace(cfg, eval=replace(cfg.eval, model=str(round_model), elbo_samples=k)), tokenizer)
         out["all"][f"ELBO (K = {k})"] = bound["elbo_per_raw_token"] and round(bound["elbo_per_raw_token"], 3)
+    if args.interleaved:
+        backend = HFBackend(round_model)
+        try:
+            out["own thoughts"] = interleaved_elbo(backend, cfg, ids, chunks, args.interleaved, len(tokenizer))
+        finally:
+            backend.close()
     print(f"round {args.round}, per raw token over the first {len(chunks)} held-out chunks:")
     print(json.dumps(out, indent=1))
 
