@@ -72,6 +72,31 @@ def test_heldout_thoughts_bounds_round_0_with_the_teachers_thoughts_beside_the_b
     assert sum(kinds) == table["all"]["chunks"] == 2
 
 
+def test_estep_layouts_redoes_a_rounds_estep_to_its_records_and_stops_where_they_differ(reference, tmp_path):
+    """examples/toy_claims/estep_layouts.py: its E-step weights are the round's own, checked chunk by chunk."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "toy_claims" / "estep_layouts.py"
+
+    def redo(run: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(run), "--round", "1", "--chunks", "12"],
+                              capture_output=True, text=True, timeout=300)
+
+    out = redo(reference)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"redone on 12 chunks \((\d+) result chunks", out.stdout)
+    shares = re.findall(r"^  (.+): (\d\.\d{3}) / (\d\.\d{3})$", out.stdout, re.M)
+    assert [name for name, *_ in shares] == ["q alone", "E-step weights (after raw text)",
+                                             "weights after the chosen thoughts"]
+    copy = tmp_path / "run"
+    shutil.copytree(reference, copy)
+    shard = copy / "round_01" / "estep" / "shard_00000.jsonl"
+    rows = [json.loads(line) for line in shard.open()]
+    rows[0]["log_weights"] = [0.0] * len(rows[0]["log_weights"])
+    shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = redo(copy)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "shard_00000.jsonl" in out.stderr and "differ from the round's records" in out.stderr
+
+
 def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, capsys):
     run = reference
     for r in range(3):

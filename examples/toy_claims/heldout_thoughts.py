@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nemo_latent_thoughts import testing
-from nemo_latent_thoughts.data.layouts import prior_layout
+from nemo_latent_thoughts.data.layouts import interleaved_sequence
 from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
 from nemo_latent_thoughts.eval.run import heldout_likelihood, heldout_records, plain_sequences, summary_of
@@ -41,13 +41,6 @@ def score(model_dir: Path, sequences: list[list[int]], spans: list[tuple[int, in
         return backend.score(sequences, spans)
     finally:
         backend.close()
-
-
-def after_thoughts(ids, earlier: list[tuple[list[int], list[int]]], z: list[int],
-                   x: list[int]) -> tuple[list[int], tuple[int, int]]:
-    """`BOS` then each earlier (thought, chunk) in the prior layout, then this chunk's; the span from PRIOR."""
-    context = [ids.bos] + [t for zx in earlier for t in prior_layout(ids, *zx)]
-    return context + list(prior_layout(ids, z, x)), (len(context) + 1, len(context) + len(z) + 3 + len(x))
 
 
 def interleaved_elbo(backend, cfg, ids, chunks: list[ChunkInput], num_samples: int, num_tokens: int) -> dict:
@@ -65,7 +58,7 @@ def interleaved_elbo(backend, cfg, ids, chunks: list[ChunkInput], num_samples: i
     for members, k in used:
         for n, i in enumerate(members):
             earlier = [(results[j].samples[k], chunks[j].tokens) for j in members[:n]]
-            sequence, span = after_thoughts(ids, earlier, results[i].samples[k], chunks[i].tokens)
+            sequence, span = interleaved_sequence(ids, earlier, results[i].samples[k], chunks[i].tokens)
             sequences.append(sequence)
             spans.append(span)
             pairs.append((i, k))
@@ -107,7 +100,7 @@ def main() -> None:
         raw_context.append((joint, start))
         # The same chunk after its document's earlier chunks in the training layout (each with its thought).
         earlier = [thought_of[(chunk.doc_id, i)] for i in range(chunk.chunk_idx)]
-        sequence, (start, _) = after_thoughts(ids, earlier, z, chunk.tokens)
+        sequence, (start, _) = interleaved_sequence(ids, earlier, z, chunk.tokens)
         in_training_layout.append((sequence, start))
     sequences, spans = [], []
     for (sequence, start), z in zip(raw_context + in_training_layout, thoughts + thoughts):

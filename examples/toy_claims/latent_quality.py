@@ -27,6 +27,12 @@ def _steps(latent: str) -> list[str]:
     return [s.strip() for s in latent.strip().rstrip(".").split(" = ")]
 
 
+def rightness(truth: str, latent: str) -> tuple[bool, bool]:
+    """Whether a result chunk's latent has the program teacher's substitution, and its final value."""
+    want, got = _steps(truth), _steps(latent)
+    return len(got) > 1 and got[1] == want[1], got[-1] == want[-1]
+
+
 def round_quality(chunks_dir: str, latents: dict[tuple[str, int], str]) -> dict[str, float | int]:
     """Shares of exact, right-substitution and right-value latents among result chunks."""
     counts = {"result_chunks": 0, "with_latent": 0, "exact": 0, "substitution": 0, "value": 0}
@@ -39,11 +45,11 @@ def round_quality(chunks_dir: str, latents: dict[tuple[str, int], str]) -> dict[
             latent = latents.get((chunk["doc_id"], chunk["chunk_idx"]))
             if latent is None:
                 continue
-            want, got = _steps(truth), _steps(latent)
+            substitution, value = rightness(truth, latent)
             counts["with_latent"] += 1
             counts["exact"] += latent.strip() == truth
-            counts["substitution"] += len(got) > 1 and got[1] == want[1]
-            counts["value"] += got[-1] == want[-1]
+            counts["substitution"] += substitution
+            counts["value"] += value
     n = max(counts["result_chunks"], 1)
     return {"result_chunks": counts["result_chunks"],
             **{k: round(counts[k] / n, 3) for k in ("with_latent", "exact", "substitution", "value")}}

@@ -24,6 +24,14 @@ def posterior_layout(ids: LatentTokenIds, z, x) -> np.ndarray:
     return np.concatenate([[ids.sol, ids.eol], x, [ids.sol, ids.post], z, [ids.eol]]).astype(np.int64)
 
 
+def interleaved_sequence(ids: LatentTokenIds, earlier: list[tuple[list[int] | None, list[int]]], z: list[int],
+                         x: list[int]) -> tuple[list[int], tuple[int, int]]:
+    """A chunk in the context the M-step trains it in: BOS, each earlier (thought, chunk) in the prior
+    layout (a chunk without a thought as raw text), then `SOL PRIOR z EOL x`; the span from PRIOR."""
+    context = [ids.bos] + [int(t) for zx in earlier for t in (zx[1] if zx[0] is None else prior_layout(ids, *zx))]
+    return context + [int(t) for t in prior_layout(ids, z, x)], (len(context) + 1, len(context) + len(z) + 3 + len(x))
+
+
 def document_layout(ids: LatentTokenIds, raw: np.ndarray, latents: np.ndarray, spans: np.ndarray,
                     prior: np.ndarray) -> np.ndarray:
     """One document laid out for training.
