@@ -147,3 +147,15 @@ def test_clear_errors(tmp_path, written_run, ids):
     with pytest.raises(NLTError, match="fewer than one window"):
         build_datasets([(str(data_dir / "valid"), 1.0)], None, sequence_length=10**6, seed=1, token_ids=ids,
                        train_samples=None)
+
+
+def test_interleaved_sequence_puts_a_chunk_after_its_documents_earlier_chunks_as_trained(ids):
+    """Earlier chunks in the prior layout (raw where they have no thought); alone, it is the E-step's joint."""
+    from nemo_latent_thoughts.data.layouts import interleaved_sequence
+    from nemo_latent_thoughts.sampler.importance import ChunkInput, joint_sequence
+
+    z, x = [40, 41], [50, 51, 52]
+    assert interleaved_sequence(ids, [], z, x) == joint_sequence(ids, ChunkInput("d", 0, x, []), z, 64)
+    sequence, (start, end) = interleaved_sequence(ids, [(None, [60]), ([70], [61])], z, x)
+    assert sequence == [ids.bos, 60, ids.sol, ids.prior, 70, ids.eol, 61, ids.sol, ids.prior, 40, 41, ids.eol, *x]
+    assert sequence[start:end] == [ids.prior, *z, ids.eol, *x]
