@@ -93,8 +93,9 @@ def test_estep_layouts_redoes_a_rounds_estep_to_its_records_and_stops_where_they
     rows[0]["log_weights"] = [0.0] * len(rows[0]["log_weights"])
     shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = redo(copy)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1
-    assert "shard_00000.jsonl" in out.stderr and "differ from the round's records" in out.stderr
+    last = out.stderr.strip().splitlines()[-1]  # after any library's warnings (transformers 5 prints some)
+    assert out.returncode == 1 and last.startswith("error: ") and "Traceback" not in out.stderr
+    assert "shard_00000.jsonl" in last and "differ from the round's records" in last
 
 
 def test_a_tiny_em_run_leaves_rounds_recipes_baselines_and_a_report(reference, capsys):
