@@ -31,7 +31,7 @@ from nemo_latent_thoughts.errors import NLTError
 from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
 from nemo_latent_thoughts.sampler.backend import SampledAndScored
-from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
+from nemo_latent_thoughts.sampler.importance import ChunkInput, ChunkResult, infer
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,14 @@ class EStep:
                 fileio.clean_temps(self.out / ".parts" / out.stem)
                 self._sample_shard(index, out)
 
+    def infer(self, batch: list[ChunkInput]) -> list[ChunkResult]:
+        """Sample, score and resample one part's chunks with this E-step's model, seeds, K and proposal."""
+        e = self.e
+        return infer(self.backend, self.ids, batch, num_samples=e.num_samples, max_new_tokens=e.max_new_tokens,
+                     max_prompt_tokens=e.max_prompt_tokens, max_context_tokens=e.max_context_tokens,
+                     seed=self.cfg.seed, round_=e.round, num_tokens=len(self.tokenizer),
+                     keep_truncated=e.on_truncated == "keep", temperature=e.temperature)
+
     def _sample_shard(self, index: int, out: Path) -> None:
         records = read_chunk_shard(self.chunk_shards[index])
         inputs = chunk_inputs(records, encode_raw(self.tokenizer, [r["text"] for r in records]))
@@ -172,11 +180,7 @@ class EStep:
                 part = parts / f"part_{number:05d}.jsonl"
                 batch = inputs[start:start + size]
                 if not part.exists():
-                    results = infer(self.backend, self.ids, batch, num_samples=e.num_samples,
-                                    max_new_tokens=e.max_new_tokens, max_prompt_tokens=e.max_prompt_tokens,
-                                    max_context_tokens=e.max_context_tokens, seed=self.cfg.seed, round_=e.round,
-                                    num_tokens=len(self.tokenizer), keep_truncated=e.on_truncated == "keep",
-                                    temperature=e.temperature)
+                    results = self.infer(batch)
                     fileio.write_jsonl(part, (_record(c, r, e.round) for c, r in zip(batch, results)))
                     generated += sum(len(s) for r in results for s in r.samples)
                 bar.update(len(batch))

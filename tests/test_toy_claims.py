@@ -210,7 +210,6 @@ class ContextBackend:
                 for seq, (start, end) in zip(sequences, spans)]
 
 
-
 def test_interleaved_elbo_scores_the_same_own_thoughts_after_raw_text_and_after_earlier_thoughts():
     from nemo_latent_thoughts.config import Config
     from nemo_latent_thoughts.sampler.importance import ChunkInput

@@ -25,10 +25,9 @@ from nemo_latent_thoughts.config import load_config
 from nemo_latent_thoughts.data.layouts import interleaved_sequence
 from nemo_latent_thoughts.em.plan import round_dir, run_config
 from nemo_latent_thoughts.errors import NLTError
-from nemo_latent_thoughts.estep import chunk_inputs, make_backend, read_chunk_shard, shard_output_name
+from nemo_latent_thoughts.estep import EStep, chunk_inputs, read_chunk_shard, shard_output_name
 from nemo_latent_thoughts.sampler import weights
-from nemo_latent_thoughts.sampler.importance import infer
-from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
+from nemo_latent_thoughts.tokens import encode_raw
 
 
 def main() -> None:
@@ -41,32 +40,23 @@ def main() -> None:
     estep_dir = round_dir(run_cfg, args.round) / "estep"
     if not (estep_dir / "manifest.json").exists():
         raise NLTError(f"{estep_dir}: round {args.round}'s E-step is not finished")
-    cfg = load_config(estep_dir / "config.yaml")  # the E-step's own config: its model, seeds, K, proposal
-    e = cfg.estep
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    ids = latent_token_ids(tokenizer)
-    shard = sorted(Path(cfg.data.chunks_dir).glob("chunks_*.jsonl"))[0]
-    records = read_chunk_shard(shard)[:args.chunks]
-    chunks = chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))
-    with open(estep_dir / shard_output_name(0), encoding="utf-8") as f:
-        rows = [json.loads(line) for line, _ in zip(f, records)]
-    chosen = {(r["doc_id"], r["chunk_idx"]): r["latent_token_ids"] for r in rows}
-
-    tokens_of = {(c.doc_id, c.chunk_idx): c.tokens for c in chunks}
-    backend = make_backend(cfg, tokenizer)
+    step = EStep(load_config(estep_dir / "config.yaml"))  # the E-step's own config: its model, seeds, K, proposal
+    e, tokenizer, ids = step.e, step.tokenizer, step.ids
     try:
+        records = read_chunk_shard(step.chunk_shards[0])[:args.chunks]
+        chunks = chunk_inputs(records, encode_raw(tokenizer, [r["text"] for r in records]))
+        with open(estep_dir / shard_output_name(0), encoding="utf-8") as f:
+            rows = [json.loads(line) for line, _ in zip(f, records)]
         results = [result for start in range(0, len(chunks), e.chunks_per_part)  # in the E-step's parts
-                   for result in infer(backend, ids, chunks[start:start + e.chunks_per_part],
-                                       num_samples=e.num_samples, max_new_tokens=e.max_new_tokens,
-                                       max_prompt_tokens=e.max_prompt_tokens, max_context_tokens=e.max_context_tokens,
-                                       seed=cfg.seed, round_=e.round, num_tokens=len(tokenizer),
-                                       keep_truncated=e.on_truncated == "keep", temperature=e.temperature)]
+                   for result in step.infer(chunks[start:start + e.chunks_per_part])]
         for chunk, result, row in zip(chunks, results, rows):
             logged = np.array([-np.inf if w is None else w for w in row["log_weights"]])
             if (row["doc_id"], row["chunk_idx"]) != (chunk.doc_id, chunk.chunk_idx) or not np.allclose(
                     result.log_w, logged, atol=1e-3):
                 raise NLTError(f"{estep_dir / shard_output_name(0)}: {chunk.doc_id} chunk {chunk.chunk_idx}: the "
                                "redone E-step's weights differ from the round's records (another machine or packages?)")
+        chosen = {(r["doc_id"], r["chunk_idx"]): r["latent_token_ids"] for r in rows}
+        tokens_of = {(c.doc_id, c.chunk_idx): c.tokens for c in chunks}
         owners, sequences, spans = [], [], []
         for i, (record, chunk, result) in enumerate(zip(records, chunks, results)):
             earlier = [(chosen[(chunk.doc_id, j)], tokens_of[(chunk.doc_id, j)]) for j in record["context"]]
@@ -76,9 +66,9 @@ def main() -> None:
                     owners.append((i, k))
                     sequences.append(sequence)
                     spans.append(span)
-        log_p_after = dict(zip(owners, backend.score(sequences, spans)))
+        log_p_after = dict(zip(owners, step.backend.score(sequences, spans)))
     finally:
-        backend.close()
+        step.backend.close()
 
     text = {(r["doc_id"], r["chunk_idx"]): r["text"] for r in records}
     shares = {name: [0.0, 0.0] for name in ("q alone", "E-step weights (after raw text)",
@@ -87,15 +77,13 @@ def main() -> None:
     for i, (chunk, result) in enumerate(zip(chunks, results)):
         truth = testing.program_teacher("".join(text[(chunk.doc_id, j)] for j in range(chunk.chunk_idx)),
                                         text[(chunk.doc_id, chunk.chunk_idx)])
-        valid = [k for k in range(len(result.samples)) if result.log_q[k] is not None]
-        if truth.startswith(("We have", "Nothing")) or not valid:
+        if truth.startswith(("We have", "Nothing")) or all(q is None for q in result.log_q):
             continue
         result_chunks += 1
         right = np.array([rightness(truth, tokenizer.decode(z)) for z in result.samples], dtype=float)
-        after = np.array([log_p_after[(i, k)] - result.log_q[k] if k in valid else -np.inf
-                          for k in range(len(result.samples))])
-        for name, log_w in zip(shares, (np.where([k in valid for k in range(len(right))], 0.0, -np.inf),
-                                        result.log_w, after)):
+        q_alone = np.array([-np.inf if q is None else 0.0 for q in result.log_q])
+        after = np.array([-np.inf if q is None else log_p_after[(i, k)] - q for k, q in enumerate(result.log_q)])
+        for name, log_w in zip(shares, (q_alone, result.log_w, after)):
             p = weights.normalized(log_w)
             shares[name][0] += float(p @ right[:, 0])
             shares[name][1] += float(p @ right[:, 1])

@@ -29,9 +29,10 @@ from nemo_latent_thoughts import testing
 from nemo_latent_thoughts.data.layouts import interleaved_sequence
 from nemo_latent_thoughts.em.plan import baseline_dir, round_dir, run_config
 from nemo_latent_thoughts.estep import chunk_inputs
-from nemo_latent_thoughts.eval.run import heldout_likelihood, heldout_records, plain_sequences, summary_of
+from nemo_latent_thoughts.eval.run import (heldout_likelihood, heldout_records, plain_sequences, sample_heldout,
+                                           summary_of)
 from nemo_latent_thoughts.sampler.hf import HFBackend
-from nemo_latent_thoughts.sampler.importance import ChunkInput, infer, joint_sequence
+from nemo_latent_thoughts.sampler.importance import ChunkInput, joint_sequence
 from nemo_latent_thoughts.tokens import encode_raw, latent_token_ids, load_tokenizer
 
 
@@ -46,9 +47,7 @@ def score(model_dir: Path, sequences: list[list[int]], spans: list[tuple[int, in
 def interleaved_elbo(backend, cfg, ids, chunks: list[ChunkInput], num_samples: int, num_tokens: int) -> dict:
     """ELBO_1 per raw token of the model's own sampled thoughts in the two layouts, over the document
     samples whose every thought is valid (sample k of each chunk of a document forms its k-th sample)."""
-    results = infer(backend, ids, chunks, num_samples=num_samples, max_new_tokens=cfg.estep.max_new_tokens,
-                    max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
-                    seed=cfg.seed, round_=-1, num_tokens=num_tokens)  # `nlt eval`'s samples
+    results = sample_heldout(backend, cfg, ids, chunks, num_samples, num_tokens)
     docs: dict[str, list[int]] = {}
     for i, chunk in enumerate(chunks):
         docs.setdefault(chunk.doc_id, []).append(i)

@@ -31,7 +31,7 @@ from nemo_latent_thoughts.eval.grade import has_answer, is_correct, is_strict_co
 from nemo_latent_thoughts.eval.prompts import STOP_TEXT, answer_text, prompt_ids
 from nemo_latent_thoughts.model.convert import require_hf_dir
 from nemo_latent_thoughts.sampler import weights
-from nemo_latent_thoughts.sampler.importance import ChunkInput, infer
+from nemo_latent_thoughts.sampler.importance import ChunkInput, ChunkResult, infer
 from nemo_latent_thoughts.tokens import LatentTokenIds, encode_raw, latent_token_ids, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,15 @@ def plain_sequences(ids: LatentTokenIds, chunks: list[ChunkInput],
     return plain, [(len(s) - len(c.tokens), len(s)) for s, c in zip(plain, chunks)]
 
 
+def sample_heldout(backend, cfg: Config, ids: LatentTokenIds, chunks: list[ChunkInput], num_samples: int,
+                   num_tokens: int) -> list[ChunkResult]:
+    """The model's own K thoughts per held-out chunk, weighted as the E-step does (seeded apart from
+    every round's E-step): the samples of `nlt eval`'s held-out ELBO."""
+    return infer(backend, ids, chunks, num_samples=num_samples, max_new_tokens=cfg.estep.max_new_tokens,
+                 max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
+                 seed=cfg.seed, round_=-1, num_tokens=num_tokens)
+
+
 def heldout_likelihood(cfg: Config, tokenizer) -> dict:
     """ELBO_K per raw token (latents sampled by the model itself) and plain log p(x) per token."""
     from nemo_latent_thoughts.estep import make_backend
@@ -100,9 +109,7 @@ def heldout_likelihood(cfg: Config, tokenizer) -> dict:
     backend = make_backend(replace(cfg, estep=replace(cfg.estep, model=cfg.eval.model, device=cfg.eval.device,
                                                       backend="hf")), tokenizer)
     try:
-        results = infer(backend, ids, chunks, num_samples=cfg.eval.elbo_samples, max_new_tokens=cfg.estep.max_new_tokens,
-                        max_prompt_tokens=cfg.estep.max_prompt_tokens, max_context_tokens=cfg.estep.max_context_tokens,
-                        seed=cfg.seed, round_=-1, num_tokens=len(tokenizer))
+        results = sample_heldout(backend, cfg, ids, chunks, cfg.eval.elbo_samples, len(tokenizer))
         log_px = backend.score(*plain_sequences(ids, chunks, cfg.estep.max_context_tokens))
     finally:
         backend.close()
